@@ -1,0 +1,15 @@
+//! The `enqueue` function: validates a generation request, reserves its credits and queues it.
+
+use lambda_http::{run, service_fn, Error, Request};
+use shared::{routes, telemetry, AppState};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let state = AppState::from_env().await?;
+    run(service_fn(|request: Request| {
+        let state = &state;
+        async move { Ok::<_, Error>(routes::enqueue::handle(state, request).await) }
+    }))
+    .await
+}

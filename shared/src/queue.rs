@@ -1,0 +1,35 @@
+//! The SQS generation queue: one message per delivery attempt of a session. The session in
+//! DynamoDB is the source of truth; the message only says which session to work on, so a
+//! duplicate message does no harm.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// The body of a generation message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationMessage {
+    /// Session to generate.
+    pub session_id: String,
+    /// Its owner (the partition to read).
+    pub user_id: String,
+    /// Dispatch attempt (0 for the first, more for re-dispatches and admin retries).
+    pub attempt: u32,
+    /// When it was sent (epoch ms).
+    pub enqueued_at: i64,
+}
+
+/// Sends one generation message.
+pub async fn send(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    message: &GenerationMessage,
+) -> Result<(), ApiError> {
+    sqs.send_message()
+        .queue_url(queue_url)
+        .message_body(serde_json::to_string(message)?)
+        .send()
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:?}")))?;
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Generation sessions: one per accepted request, in the user's partition, from `queued` to
+//! `completed` or `failed`. Unfinished sessions carry `open_pk`/`open_at` (sparse index `open`)
+//! so the sweeper can find the stuck ones; rendering videos carry `due_pk`/`due_at` (sparse
+//! index `due`) for their next status check.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::generation::GenerationRequest;
+use crate::keys;
+use crate::ledger::s;
+
+/// Partition value of the `open` index.
+pub const OPEN_PK: &str = "OPEN";
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted, credits held, waiting for the generator.
+    Queued,
+    /// A generator has claimed it.
+    Running,
+    /// The provider is rendering a video; the sweeper checks it.
+    Rendering,
+    /// Finished with outputs.
+    Completed,
+    /// Finished without outputs; credits released.
+    Failed,
+}
+
+impl Status {
+    /// Whether the session has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+}
+
+/// One stored output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// Position in the request.
+    pub index: u32,
+    /// S3 key (`{user}/{session}/{n}.{ext}`).
+    pub key: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Where the time of a session went, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// From acceptance to the generator's claim.
+    pub queue_wait_ms: i64,
+    /// Waiting on the provider.
+    pub provider_ms: i64,
+    /// Copying outputs into S3.
+    pub transfer_ms: i64,
+    /// Our own DynamoDB calls.
+    pub database_ms: i64,
+    /// From acceptance to the end.
+    pub total_ms: i64,
+}
+
+/// Why a session failed, in words a user can read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionError {
+    /// Machine-readable reason (`content_policy`, `invalid_request`, `dead_lettered`, ...).
+    pub code: String,
+    /// User-facing explanation.
+    pub message: String,
+}
+
+/// A generation session as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// Time-ordered id.
+    pub session_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// The frontend's correlation key.
+    pub client_key: String,
+    /// `image` or `video`.
+    pub kind: String,
+    /// Public model name.
+    pub model: String,
+    /// Life-cycle state.
+    pub status: Status,
+    /// Credits held when accepted.
+    pub credits_reserved: i64,
+    /// Credits spent.
+    #[serde(default)]
+    pub credits_captured: i64,
+    /// Accepted at (epoch ms).
+    pub created_at: i64,
+    /// Last change (epoch ms).
+    pub updated_at: i64,
+    /// The validated request.
+    pub request: GenerationRequest,
+    /// Stored outputs.
+    #[serde(default)]
+    pub outputs: Vec<Output>,
+    /// Time breakdown, once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
+    /// Failure reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<SessionError>,
+    /// Remark for the user (some images filtered, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Delivery attempts so far.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Seedance task id of a video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_task_id: Option<String>,
+    /// `open` index partition, while unfinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_pk: Option<String>,
+    /// `open` index sort key: when it was accepted (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_at: Option<i64>,
+    /// `due` index partition, while a video renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_pk: Option<String>,
+    /// `due` index sort key: next status check (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<i64>,
+}
+
+impl Session {
+    /// A new queued session for a validated request.
+    pub fn queued(
+        session_id: String,
+        user_id: &str,
+        client_key: String,
+        request: GenerationRequest,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            session_id,
+            user_id: user_id.to_owned(),
+            client_key,
+            kind: request.kind().to_owned(),
+            model: request.model_name().to_owned(),
+            status: Status::Queued,
+            credits_reserved: request.cost(),
+            credits_captured: 0,
+            created_at: now_ms,
+            updated_at: now_ms,
+            request,
+            outputs: Vec::new(),
+            timing: None,
+            error: None,
+            note: None,
+            attempt: 0,
+            provider_task_id: None,
+            open_pk: Some(OPEN_PK.to_owned()),
+            open_at: Some(now_ms),
+            due_pk: None,
+            due_at: None,
+        }
+    }
+
+    /// The item to store, keys included.
+    pub fn to_item(&self) -> Result<HashMap<String, AttributeValue>, ApiError> {
+        let mut item: HashMap<String, AttributeValue> = serde_dynamo::to_item(self)?;
+        item.insert("pk".into(), s(keys::user_pk(&self.user_id)));
+        item.insert("sk".into(), s(keys::session_sk(&self.session_id)));
+        Ok(item)
+    }
+}
+
+/// Key of a session item.
+pub fn session_key(user_id: &str, session_id: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), s(keys::user_pk(user_id))),
+        ("sk".to_owned(), s(keys::session_sk(session_id))),
+    ])
+}
+
+/// Whether a string can be a session id (a ULID); anything else is simply not found.
+pub fn valid_session_id(id: &str) -> bool {
+    id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Reads one of the user's sessions; another user's id is simply not found.
+pub async fn get(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user_id: &str,
+    session_id: &str,
+) -> Result<Option<Session>, ApiError> {
+    if !valid_session_id(session_id) {
+        return Ok(None);
+    }
+    let output = ddb
+        .get_item()
+        .table_name(table)
+        .set_key(Some(session_key(user_id, session_id)))
+        .consistent_read(true)
+        .send()
+        .await?;
+    Ok(match output.item {
+        Some(item) => Some(serde_dynamo::from_item(item)?),
+        None => None,
+    })
+}
+
+/// One page of the user's sessions, newest first.
+pub async fn list(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user_id: &str,
+    page: &crate::pagination::PageRequest,
+) -> Result<(Vec<Session>, Option<String>), ApiError> {
+    crate::pagination::query_prefix(ddb, table, user_id, keys::SESSION_PREFIX, page, None).await
+}

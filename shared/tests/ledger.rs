@@ -1,0 +1,253 @@
+//! The credit ledger against moto: lots, expiry, capture and release exactly once, conservation.
+
+mod common;
+
+use common::World;
+use shared::clock;
+use shared::ledger::{self, EntryKind, Reservation, ReserveError, Settlement};
+
+async fn hold(world: &World, user: &str, amount: i64) -> Result<String, ReserveError> {
+    let session = shared::keys::new_id();
+    let reservation = Reservation {
+        user_id: user,
+        session_id: &session,
+        amount,
+        model: "seedream-4.0",
+        inflight_cap: 100,
+    };
+    ledger::reserve(world.ddb(), world.table(), &reservation, vec![]).await?;
+    Ok(session)
+}
+
+async fn settle(world: &World, user: &str, session: &str, capture: i64) -> Settlement {
+    ledger::settle(world.ddb(), world.table(), user, session, capture, vec![])
+        .await
+        .unwrap()
+}
+
+async fn kinds(world: &World, user: &str) -> Vec<EntryKind> {
+    ledger::entries_between(world.ddb(), world.table(), user, "0", "~")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn lots_are_drawn_earliest_expiry_first() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    let forever = world.grant("lots", 10, None).await;
+    let late = world.grant("lots", 10, Some(now + 7200)).await;
+    let soon = world.grant("lots", 5, Some(now + 3600)).await;
+    let session = hold(&world, "lots", 8).await.unwrap();
+    settle(&world, "lots", &session, 8).await;
+    let account = world.assert_conserved("lots").await;
+    assert!(
+        !account.lots.contains_key(&soon),
+        "the soonest lot is spent first and removed"
+    );
+    assert_eq!(account.lots[&late].remaining, 7);
+    assert_eq!(account.lots[&forever].remaining, 10);
+    assert_eq!(account.captured, 8);
+}
+
+#[tokio::test]
+async fn an_expired_lot_is_never_spent_and_its_expiry_is_recorded() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    world.grant("exp", 10, Some(now - 5)).await;
+    world.grant("exp", 5, None).await;
+    // 8 > the 5 credits still valid: refused, and the refusal expired the old lot.
+    match hold(&world, "exp", 8).await {
+        Err(ReserveError::Insufficient { available }) => assert_eq!(available, 5),
+        other => panic!("expected insufficient, got {other:?}"),
+    }
+    let account = world.assert_conserved("exp").await;
+    assert_eq!((account.available, account.expired), (5, 10));
+    assert!(kinds(&world, "exp").await.contains(&EntryKind::Expire));
+    assert!(hold(&world, "exp", 5).await.is_ok());
+}
+
+#[tokio::test]
+async fn credits_held_before_an_expiry_stay_valid_for_that_hold() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    world.grant("keep", 10, Some(now + 60)).await;
+    let session = hold(&world, "keep", 8).await.unwrap();
+    // The lot's time comes while the hold is open.
+    let lost = ledger::expire_due(world.ddb(), world.table(), "keep", now + 61)
+        .await
+        .unwrap();
+    assert_eq!(lost, 2, "only the unheld credits expire");
+    let account = world.assert_conserved("keep").await;
+    assert_eq!(
+        (account.available, account.held, account.expired),
+        (0, 8, 2)
+    );
+    assert_eq!(
+        settle(&world, "keep", &session, 8).await,
+        Settlement::Settled {
+            captured: 8,
+            released: 0,
+            expired: 0
+        }
+    );
+    let account = world.assert_conserved("keep").await;
+    assert_eq!(
+        (account.captured, account.expired, account.available),
+        (8, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn releasing_a_hold_backed_by_an_expired_lot_expires_it_instead() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    world.grant("rel", 10, Some(now + 60)).await;
+    let session = hold(&world, "rel", 8).await.unwrap();
+    ledger::expire_due(world.ddb(), world.table(), "rel", now + 61)
+        .await
+        .unwrap();
+    assert_eq!(
+        settle(&world, "rel", &session, 3).await,
+        Settlement::Settled {
+            captured: 3,
+            released: 0,
+            expired: 5
+        }
+    );
+    let account = world.assert_conserved("rel").await;
+    assert_eq!(
+        (account.available, account.captured, account.expired),
+        (0, 3, 7)
+    );
+}
+
+#[tokio::test]
+async fn capture_and_release_happen_at_most_once_whatever_is_retried() {
+    let world = World::new().await;
+    world.grant("once", 100, None).await;
+    let session = hold(&world, "once", 8).await.unwrap();
+    let attempts: Vec<_> = (0..6)
+        .map(|i| {
+            let (ddb, table, session) = (
+                world.ddb().clone(),
+                world.table().to_owned(),
+                session.clone(),
+            );
+            // Half try to capture, half to release: exactly one of all of them wins.
+            tokio::spawn(async move {
+                ledger::settle(
+                    &ddb,
+                    &table,
+                    "once",
+                    &session,
+                    if i % 2 == 0 { 8 } else { 0 },
+                    vec![],
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for a in attempts {
+        outcomes.push(a.await.unwrap());
+    }
+    let winners = outcomes
+        .iter()
+        .filter(|o| **o != Settlement::AlreadySettled)
+        .count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    let account = world.assert_conserved("once").await;
+    assert_eq!(account.held, 0);
+    assert_eq!(account.inflight, 0);
+    assert_eq!(account.available + account.captured, 100);
+    let settles = kinds(&world, "once")
+        .await
+        .into_iter()
+        .filter(|k| matches!(k, EntryKind::Capture | EntryKind::Release))
+        .count();
+    assert_eq!(settles, 1);
+    assert_eq!(
+        settle(&world, "once", &session, 8).await,
+        Settlement::AlreadySettled
+    );
+}
+
+#[tokio::test]
+async fn partial_capture_releases_the_rest() {
+    let world = World::new().await;
+    world.grant("part", 20, None).await;
+    let session = hold(&world, "part", 8).await.unwrap();
+    assert_eq!(
+        settle(&world, "part", &session, 6).await,
+        Settlement::Settled {
+            captured: 6,
+            released: 2,
+            expired: 0
+        }
+    );
+    let account = world.assert_conserved("part").await;
+    assert_eq!(
+        (account.available, account.held, account.captured),
+        (14, 0, 6)
+    );
+    let kinds = kinds(&world, "part").await;
+    assert_eq!(
+        kinds,
+        vec![
+            EntryKind::Grant,
+            EntryKind::Hold,
+            EntryKind::Capture,
+            EntryKind::Release
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ledger_rebuilds_the_account_after_a_mixed_history() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    world.grant("mix", 50, Some(now + 30)).await;
+    world.grant("mix", 30, None).await;
+    let mut sessions = Vec::new();
+    for amount in [8, 4, 12, 6] {
+        sessions.push(hold(&world, "mix", amount).await.unwrap());
+    }
+    settle(&world, "mix", &sessions[0], 8).await;
+    settle(&world, "mix", &sessions[1], 0).await;
+    ledger::expire_due(world.ddb(), world.table(), "mix", now + 31)
+        .await
+        .unwrap();
+    settle(&world, "mix", &sessions[2], 5).await;
+    world.grant("mix", 7, Some(now + 3600)).await;
+    let late = hold(&world, "mix", 9).await.unwrap();
+    settle(&world, "mix", &late, 9).await;
+    let account = world.assert_conserved("mix").await;
+    assert_eq!(account.holds.len(), 1);
+    assert_eq!(account.granted, 87);
+}
+
+#[tokio::test]
+async fn a_repeated_grant_of_the_same_lot_grants_once() {
+    let world = World::new().await;
+    let grant = ledger::Grant {
+        user_id: "g",
+        lot_id: "purchase-1",
+        amount: 25,
+        expires_at: None,
+        source: "purchase",
+    };
+    let first = ledger::grant(world.ddb(), world.table(), &grant)
+        .await
+        .unwrap();
+    let again = ledger::grant(world.ddb(), world.table(), &grant)
+        .await
+        .unwrap();
+    assert!(first.created && !again.created);
+    let account = world.assert_conserved("g").await;
+    assert_eq!(account.available, 25);
+}
