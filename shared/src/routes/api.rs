@@ -13,6 +13,17 @@ use crate::pagination::PageRequest;
 use crate::sessions::{self, Session};
 use crate::{clock, keys, AppState};
 
+/// The routes this function serves (API Gateway route keys).
+pub const ROUTES: [&str; 7] = [
+    "GET /health",
+    "GET /api/sessions/{id}",
+    "GET /api/sessions",
+    "GET /api/credits/balance",
+    "GET /api/credits/transactions",
+    "GET /api/credits/usage/summary",
+    "POST /api/admin/credits/grant",
+];
+
 /// Handles one request to the api function.
 pub async fn handle(state: &AppState, request: Request) -> Response<Body> {
     let route = super::route_key(&request);

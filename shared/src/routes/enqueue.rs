@@ -22,6 +22,9 @@ pub const IMAGE_ROUTE: &str = "POST /api/images/seedream4/generate";
 /// Route key of video generation.
 pub const VIDEO_ROUTE: &str = "POST /api/videos/seedance/generate";
 
+/// The routes this function serves.
+pub const ROUTES: [&str; 2] = [IMAGE_ROUTE, VIDEO_ROUTE];
+
 /// Handles one request to the enqueue function.
 pub async fn handle(state: &AppState, request: Request) -> Response<Body> {
     let route = super::route_key(&request);

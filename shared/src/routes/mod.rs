@@ -33,7 +33,7 @@ pub fn body_bytes(request: &Request) -> &[u8] {
 }
 
 /// A query string parameter.
-pub fn query<'a>(request: &'a Request, name: &str) -> Option<String> {
+pub fn query(request: &Request, name: &str) -> Option<String> {
     request
         .query_string_parameters_ref()
         .and_then(|q| q.first(name))

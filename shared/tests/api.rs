@@ -1,0 +1,426 @@
+//! The read and admin routes against moto, and the OpenAPI contract checked against real
+//! handler responses.
+
+mod common;
+
+use common::{admin, image_body, parts, user, Event, World};
+use serde_json::{json, Value};
+use shared::routes::{api, enqueue};
+
+async fn call(world: &World, event: Event) -> (u16, Value) {
+    parts(api::handle(&world.state, event.build()).await)
+}
+
+async fn generate(world: &World, sub: &str, prompt: &str) -> Value {
+    let event = Event::new(enqueue::IMAGE_ROUTE, user(sub)).body(image_body(prompt));
+    let (status, body) = parts(enqueue::handle(&world.state, event.build()).await);
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_session_is_visible_to_its_owner_only() {
+    let world = World::new().await;
+    world.grant("owner", 100, None).await;
+    let accepted = generate(&world, "owner", "a lake").await;
+    let id = accepted["session_id"].as_str().unwrap();
+    let get =
+        |sub: &'static str| Event::new("GET /api/sessions/{id}", user(sub)).path_param("id", id);
+
+    let (status, session) = call(&world, get("owner")).await;
+    assert_eq!(status, 200);
+    assert_eq!(session["status"], "queued");
+    assert_eq!(session["client_key"], accepted["client_key"]);
+    assert_eq!(session["credits_reserved"], 8);
+    validate(&session, "Session");
+
+    let (status, body) = call(&world, get("intruder")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, _) = call(
+        &world,
+        Event::new("GET /api/sessions/{id}", user("owner")).path_param("id", "../../x"),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn sessions_list_newest_first_with_a_cursor() {
+    let world = World::with(|c| c.inflight_cap = 10).await;
+    world.grant("lister", 100, None).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(generate(&world, "lister", &format!("p{i}")).await["session_id"].clone());
+    }
+    ids.reverse();
+    let (status, first) = call(
+        &world,
+        Event::new("GET /api/sessions", user("lister")).query("limit", "2"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    validate(&first, "SessionPage");
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = call(
+        &world,
+        Event::new("GET /api/sessions", user("lister"))
+            .query("limit", "3")
+            .query("cursor", &cursor),
+    )
+    .await;
+    let seen: Vec<Value> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(|s| s["session_id"].clone())
+        .collect();
+    assert_eq!(seen, ids);
+    assert!(second["next_cursor"].is_null());
+    // Another user sees none of them.
+    let (_, other) = call(&world, Event::new("GET /api/sessions", user("someone"))).await;
+    assert_eq!(other["items"], json!([]));
+    // A forged cursor is refused.
+    let (status, body) = call(
+        &world,
+        Event::new("GET /api/sessions", user("lister")).query("cursor", "TEVER0VSIzAx"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_cursor"))
+    );
+}
+
+#[tokio::test]
+async fn balance_transactions_and_usage_reflect_the_ledger() {
+    let world = World::new().await;
+    let soon = shared::clock::now_secs() + 3600;
+    world.grant("bal", 50, Some(soon)).await;
+    world.grant("bal", 10, None).await;
+    let accepted = generate(&world, "bal", "x").await;
+    let session = accepted["session_id"].as_str().unwrap();
+    shared::ledger::settle(world.ddb(), world.table(), "bal", session, 6, vec![])
+        .await
+        .unwrap();
+
+    let (status, balance) = call(&world, Event::new("GET /api/credits/balance", user("bal"))).await;
+    assert_eq!(status, 200);
+    validate(&balance, "Balance");
+    assert_eq!(
+        (
+            balance["available"].as_i64(),
+            balance["captured"].as_i64(),
+            balance["held"].as_i64()
+        ),
+        (Some(54), Some(6), Some(0))
+    );
+    assert_eq!(
+        balance["lots"][0]["expires_at"], soon,
+        "earliest expiry listed first"
+    );
+    assert_eq!(balance["lots"][0]["remaining"], 44);
+
+    let (status, page) = call(
+        &world,
+        Event::new("GET /api/credits/transactions", user("bal")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    validate(&page, "TransactionPage");
+    let kinds: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["release", "capture", "hold", "grant", "grant"]);
+
+    let (status, usage) = call(
+        &world,
+        Event::new("GET /api/credits/usage/summary", user("bal")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    validate(&usage, "UsageSummary");
+    assert_eq!(usage["total"], 6);
+    assert_eq!(usage["by_model_day"][0]["model"], "seedream-4.0");
+    assert_eq!(usage["by_model_day"][0]["sessions"], 1);
+    let (status, body) = call(
+        &world,
+        Event::new("GET /api/credits/usage/summary", user("bal"))
+            .query("from", "2026-12-01")
+            .query("to", "2026-11-01"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_range"))
+    );
+}
+
+#[tokio::test]
+async fn only_admins_grant_and_a_replayed_grant_grants_once() {
+    let world = World::new().await;
+    let body = json!({"user_id": "lucky", "amount": 30, "source": "promo"}).to_string();
+    let grant = |claims| Event::new("POST /api/admin/credits/grant", claims).body(body.clone());
+
+    let (status, answer) = call(&world, grant(user("lucky"))).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, _) = call(&world, grant(None)).await;
+    assert_eq!(status, 401);
+    assert!(
+        world.keys().await.is_empty(),
+        "refused grants write nothing"
+    );
+
+    let (status, answer) = call(
+        &world,
+        grant(admin("root")).header("idempotency-key", "promo-1"),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    validate(&answer, "Grant");
+    let (status, again) = call(
+        &world,
+        grant(admin("root")).header("idempotency-key", "promo-1"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["lot_id"], answer["lot_id"]);
+    assert_eq!(world.assert_conserved("lucky").await.available, 30);
+
+    for (bad, code) in [
+        (
+            json!({"user_id": "x", "amount": 0, "source": "s"}),
+            "invalid_amount",
+        ),
+        (
+            json!({"user_id": "x", "amount": 5, "source": "s", "expires_at": 1}),
+            "invalid_expiry",
+        ),
+        (
+            json!({"user_id": "a#b", "amount": 5, "source": "s"}),
+            "invalid_field",
+        ),
+        (
+            json!({"user_id": "x", "amount": 5, "source": "s", "extra": 1}),
+            "unknown_field",
+        ),
+        (
+            json!({"user_id": "x", "amount": "5", "source": "s"}),
+            "invalid_field",
+        ),
+    ] {
+        let event =
+            Event::new("POST /api/admin/credits/grant", admin("root")).body(bad.to_string());
+        let (status, answer) = call(&world, event).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{bad}"
+        );
+    }
+    assert_eq!(world.count("x", "").await, 0);
+}
+
+#[tokio::test]
+async fn health_needs_no_identity_and_other_routes_do() {
+    let world = World::new().await;
+    let (status, body) = call(&world, Event::new("GET /health", None)).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    for route in &api::ROUTES[1..] {
+        let (status, body) = call(
+            &world,
+            Event::new(route, None).path_param("id", "01J00000000000000000000000"),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{route}"
+        );
+        validate(&body, "Error");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract: routes agree across openapi.yaml, template.yaml and the handlers, and real
+// responses satisfy the OpenAPI schemas.
+
+fn load_yaml(name: &str) -> serde_yaml::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name);
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn openapi() -> Value {
+    serde_json::to_value(load_yaml("openapi.yaml")).unwrap()
+}
+
+#[test]
+fn openapi_template_and_handlers_declare_the_same_routes() {
+    let mut handled: Vec<String> = api::ROUTES
+        .iter()
+        .chain(&enqueue::ROUTES)
+        .map(|r| r.to_string())
+        .collect();
+    handled.sort();
+    let spec = openapi();
+    let mut documented = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for method in ops
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|m| *m != "parameters")
+        {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut declared = Vec::new();
+    let template = load_yaml("template.yaml");
+    for (_, resource) in template["Resources"].as_mapping().unwrap() {
+        let Some(events) = resource["Properties"]["Events"].as_mapping() else {
+            continue;
+        };
+        for (_, event) in events {
+            if event["Type"].as_str() == Some("HttpApi") {
+                let props = &event["Properties"];
+                declared.push(format!(
+                    "{} {}",
+                    props["Method"].as_str().unwrap(),
+                    props["Path"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    declared.sort();
+    let expected: Vec<String> = handled
+        .iter()
+        .filter(|r| declared.contains(r))
+        .cloned()
+        .collect();
+    assert_eq!(
+        declared, expected,
+        "template routes the handlers do not serve"
+    );
+    assert_eq!(
+        documented.iter().filter(|r| handled.contains(r)).count(),
+        handled.len(),
+        "undocumented routes: handled {handled:?}, documented {documented:?}"
+    );
+    assert_eq!(declared, handled, "template.yaml and the handlers disagree");
+}
+
+/// Checks `value` against the named schema: types, required properties, no undeclared
+/// properties where the schema closes them, enums.
+fn validate(value: &Value, schema: &str) {
+    let spec = openapi();
+    let schema = &spec["components"]["schemas"][schema];
+    assert!(!schema.is_null(), "no such schema");
+    if let Err(e) = check(&spec, schema, value, "$") {
+        panic!("{e}\nvalue: {value:#}");
+    }
+}
+
+fn check(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.rsplit('/').next().unwrap();
+        return check(spec, &spec["components"]["schemas"][name], value, at);
+    }
+    if let Some(options) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+        return options
+            .iter()
+            .any(|o| check(spec, o, value, at).is_ok())
+            .then_some(())
+            .ok_or(format!("{at}: matches none of oneOf/anyOf"));
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for part in all {
+            check(spec, part, value, at)?;
+        }
+        return Ok(());
+    }
+    if value.is_null() {
+        return if schema["nullable"] == true || schema.get("type").is_none() {
+            Ok(())
+        } else {
+            Err(format!("{at}: null but not nullable"))
+        };
+    }
+    if let Some(choices) = schema["enum"].as_array() {
+        if !choices.contains(value) {
+            return Err(format!("{at}: {value} not in enum {choices:?}"));
+        }
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let object = value.as_object().ok_or(format!("{at}: not an object"))?;
+            for name in schema["required"].as_array().into_iter().flatten() {
+                let name = name.as_str().unwrap();
+                if !object.contains_key(name) {
+                    return Err(format!("{at}: missing required {name}"));
+                }
+            }
+            let properties = schema["properties"].as_object();
+            for (name, v) in object {
+                match properties.and_then(|p| p.get(name)) {
+                    Some(s) => check(spec, s, v, &format!("{at}.{name}"))?,
+                    None if schema["additionalProperties"] == false => {
+                        return Err(format!("{at}: undeclared property {name}"))
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+        Some("array") => {
+            for (i, item) in value
+                .as_array()
+                .ok_or(format!("{at}: not an array"))?
+                .iter()
+                .enumerate()
+            {
+                check(spec, &schema["items"], item, &format!("{at}[{i}]"))?;
+            }
+            Ok(())
+        }
+        Some("integer") => value
+            .as_i64()
+            .map(|_| ())
+            .ok_or(format!("{at}: not an integer")),
+        Some("number") => value
+            .as_f64()
+            .map(|_| ())
+            .ok_or(format!("{at}: not a number")),
+        Some("string") => value
+            .as_str()
+            .map(|_| ())
+            .ok_or(format!("{at}: not a string")),
+        Some("boolean") => value
+            .as_bool()
+            .map(|_| ())
+            .ok_or(format!("{at}: not a boolean")),
+        _ => Ok(()),
+    }
+}
+
+#[tokio::test]
+async fn the_202_and_error_bodies_follow_the_contract() {
+    let world = World::new().await;
+    world.grant("c", 10, None).await;
+    validate(&generate(&world, "c", "x").await, "Accepted");
+    let event = Event::new(enqueue::IMAGE_ROUTE, user("c")).body(image_body("y"));
+    let (status, body) = parts(enqueue::handle(&world.state, event.build()).await);
+    assert_eq!(status, 402);
+    validate(&body, "Error");
+}
