@@ -83,6 +83,14 @@ impl Config {
     }
 }
 
+/// A number from the environment, or its default (a malformed value is an error naming it).
+pub fn env_number<T: FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    parsed(&|n: &str| env::var(n).ok(), name, default, |_| true)
+}
+
 fn parsed<T: FromStr>(
     lookup: &impl Fn(&str) -> Option<String>,
     name: &'static str,

@@ -12,6 +12,9 @@
 //! - [`generation`]: validated generation requests (the edge of the system).
 //! - [`ledger`]: the credit ledger on DynamoDB: lots, holds, capture, release, expiry.
 //! - [`sessions`]: generation sessions and their life cycle.
+//! - [`provider`]: the Seedream / Seedance client and its error classification.
+//! - [`storage`]: outputs copied into the private S3 bucket.
+//! - [`generator`]: the SQS consumer that runs generations.
 //! - [`queue`]: the SQS generation queue.
 //! - [`pagination`]: opaque cursors over DynamoDB queries.
 //! - [`telemetry`]: structured JSON logs.
@@ -23,13 +26,16 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod generation;
+pub mod generator;
 pub mod keys;
 pub mod ledger;
 pub mod pagination;
 pub mod pricing;
+pub mod provider;
 pub mod queue;
 pub mod routes;
 pub mod sessions;
+pub mod storage;
 pub mod telemetry;
 
 pub use error::{ApiError, Result};
@@ -46,11 +52,17 @@ pub struct AppState {
 impl AppState {
     /// Reads the configuration and builds the AWS clients.
     pub async fn from_env() -> std::result::Result<Self, config::ConfigError> {
-        let config = config::Config::from_env()?;
-        let aws = aws::Clients::from_env().await;
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::from_sdk_config(&sdk)
+    }
+
+    /// Reads the configuration and builds the AWS clients from a loaded SDK configuration.
+    pub fn from_sdk_config(
+        sdk: &aws_config::SdkConfig,
+    ) -> std::result::Result<Self, config::ConfigError> {
         Ok(Self {
-            config: std::sync::Arc::new(config),
-            aws,
+            config: std::sync::Arc::new(config::Config::from_env()?),
+            aws: aws::Clients::from_sdk_config(sdk),
         })
     }
 }

@@ -120,6 +120,12 @@ pub struct Session {
     /// Seedance task id of a video.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_task_id: Option<String>,
+    /// When the current claim lapses (epoch ms), while `running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<i64>,
+    /// When the generator last claimed it (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<i64>,
     /// `open` index partition, while unfinished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_pk: Option<String>,
@@ -161,6 +167,8 @@ impl Session {
             note: None,
             attempt: 0,
             provider_task_id: None,
+            lease_until: None,
+            claimed_at: None,
             open_pk: Some(OPEN_PK.to_owned()),
             open_at: Some(now_ms),
             due_pk: None,
@@ -222,3 +230,6 @@ pub async fn list(
 ) -> Result<(Vec<Session>, Option<String>), ApiError> {
     crate::pagination::query_prefix(ddb, table, user_id, keys::SESSION_PREFIX, page, None).await
 }
+
+/// Partition value of the `due` index.
+pub const DUE_PK: &str = "DUE";

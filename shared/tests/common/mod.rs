@@ -438,3 +438,121 @@ pub fn parts(response: Response<Body>) -> (u16, Value) {
 pub fn image_body(prompt: &str) -> String {
     json!({"prompt": prompt}).to_string()
 }
+
+/// A generator wired to a mock provider and this world.
+pub async fn generator_for(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+) -> std::sync::Arc<shared::generator::Generator> {
+    generator_with_timeout(world, mock, std::time::Duration::from_secs(10)).await
+}
+
+pub async fn generator_with_timeout(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+    timeout: std::time::Duration,
+) -> std::sync::Arc<shared::generator::Generator> {
+    let config = shared::provider::ProviderConfig {
+        base_url: mock.api_base(),
+        request_timeout: timeout,
+        connect_timeout: std::time::Duration::from_secs(2),
+    };
+    std::sync::Arc::new(shared::generator::Generator {
+        app: world.state.clone(),
+        provider: shared::provider::Client::new(&config, mock.api_key()),
+        image_concurrency: 8,
+        lease_ms: 60_000,
+        first_check_ms: 0,
+    })
+}
+
+/// Receives up to ten messages from a queue as an SQS Lambda event (without deleting them).
+pub async fn receive_event(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> (aws_lambda_events::event::sqs::SqsEvent, Vec<String>) {
+    let out = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(
+            aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    let mut receipts = Vec::new();
+    for m in out.messages.unwrap_or_default() {
+        let mut record = aws_lambda_events::event::sqs::SqsMessage::default();
+        record.message_id = m.message_id.clone();
+        record.receipt_handle = m.receipt_handle.clone();
+        record.body = m.body.clone();
+        receipts.push(m.receipt_handle.unwrap_or_default());
+        event.records.push(record);
+    }
+    (event, receipts)
+}
+
+/// Plays the event source mapping once: receive, invoke, delete what did not fail, and make
+/// the failures visible again at once. Returns the ids reported as failed.
+pub async fn deliver_once(
+    world: &World,
+    generator: &std::sync::Arc<shared::generator::Generator>,
+) -> (usize, Vec<String>) {
+    let sqs = &world.state.aws.sqs;
+    let queue = &world.state.config.queue_url;
+    let (event, receipts) = receive_event(sqs, queue).await;
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .map(|r| r.message_id.clone().unwrap())
+        .collect();
+    let count = ids.len();
+    let response = shared::generator::handle_batch(generator.clone(), event).await;
+    let failed: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    for (id, receipt) in ids.iter().zip(receipts) {
+        if failed.contains(id) {
+            sqs.change_message_visibility()
+                .queue_url(queue)
+                .receipt_handle(receipt)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap();
+        } else {
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    (count, failed)
+}
+
+/// Keys and content types of the objects in the world's bucket.
+pub async fn objects(world: &World) -> Vec<(String, String)> {
+    let s3 = &world.state.aws.s3;
+    let bucket = &world.state.config.bucket;
+    let list = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+    let mut out = Vec::new();
+    for object in list.contents.unwrap_or_default() {
+        let key = object.key.unwrap();
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        out.push((key, head.content_type.unwrap_or_default()));
+    }
+    out.sort();
+    out
+}
