@@ -36,6 +36,9 @@ pub enum ApiError {
         /// Credits available to the user.
         available: i64,
     },
+    /// The resource is not in a state that allows this (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The `Idempotency-Key` was already used with another body (422).
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -72,6 +75,7 @@ impl ApiError {
             Self::InsufficientCredits { .. } => 402,
             Self::Forbidden => 403,
             Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
             Self::IdempotencyKeyReused => 422,
             Self::TooManyInflight { .. } => 429,
             Self::Internal(_) => 500,
@@ -85,6 +89,7 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::InsufficientCredits { .. } => "insufficient_credits",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::TooManyInflight { .. } => "too_many_inflight",

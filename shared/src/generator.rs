@@ -304,8 +304,9 @@ async fn run_images(
                 None => images.push(Image::Withheld("NoImageReturned".into())),
             },
             Err(e) if e.kind == FailureKind::Retryable => {
-                hand_back(app, session).await;
-                return Ok(Outcome::Retry(format!("provider: {e}")));
+                let reason = format!("provider: {e}");
+                hand_back(app, session, &reason).await;
+                return Ok(Outcome::Retry(reason));
             }
             Err(e) if e.is_content_policy() => images.push(Image::Withheld(e.code.clone())),
             Err(e) => images.push(Image::Refused(e)),
@@ -348,8 +349,9 @@ async fn run_images(
     let outputs = match outputs {
         Ok(outputs) => outputs,
         Err(e) if e.kind == FailureKind::Retryable => {
-            hand_back(app, session).await;
-            return Ok(Outcome::Retry(format!("copy: {e}")));
+            let reason = format!("copy: {e}");
+            hand_back(app, session, &reason).await;
+            return Ok(Outcome::Retry(reason));
         }
         Err(_) => {
             return fail(
@@ -455,8 +457,9 @@ async fn run_video(
             }
         }
         Err(e) if e.kind == FailureKind::Retryable => {
-            hand_back(app, session).await;
-            Ok(Outcome::Retry(format!("provider: {e}")))
+            let reason = format!("provider: {e}");
+            hand_back(app, session, &reason).await;
+            Ok(Outcome::Retry(reason))
         }
         Err(e) => {
             fail(
@@ -472,8 +475,9 @@ async fn run_video(
     }
 }
 
-/// Gives a claimed session back to the queue (`running → queued`) for the redelivery.
-async fn hand_back(app: &AppState, session: &Session) {
+/// Gives a claimed session back to the queue (`running → queued`) for the redelivery, with
+/// the reason, which the dead-letter record shows if every delivery fails.
+async fn hand_back(app: &AppState, session: &Session, reason: &str) {
     let result = app
         .aws
         .dynamodb
@@ -483,11 +487,12 @@ async fn hand_back(app: &AppState, session: &Session) {
             &session.user_id,
             &session.session_id,
         )))
-        .update_expression("SET #status = :queued, updated_at = :now REMOVE lease_until")
+        .update_expression("SET #status = :queued, updated_at = :now, last_error = :reason, first_failed_at = if_not_exists(first_failed_at, :now) REMOVE lease_until")
         .condition_expression("#status = :running AND attempt = :attempt")
         .expression_attribute_names("#status", "status")
         .expression_attribute_values(":queued", s("queued"))
         .expression_attribute_values(":running", s("running"))
+        .expression_attribute_values(":reason", s(reason))
         .expression_attribute_values(":now", n(clock::now_ms()))
         .expression_attribute_values(":attempt", n(i64::from(session.attempt)))
         .send()

@@ -34,6 +34,8 @@ use crate::keys;
 
 /// `next_expiry` of an account whose lots never expire (epoch seconds, year 2286).
 pub const NO_EXPIRY: i64 = 9_999_999_999;
+/// `due` index partition of accounts with a lot that can expire.
+pub const EXPIRY_PK: &str = "EXPIRY";
 /// Attempts of an optimistic read-modify-write before giving up.
 const MAX_ATTEMPTS: u32 = 12;
 
@@ -89,6 +91,12 @@ pub struct Account {
     pub version: i64,
     /// Earliest expiry (epoch seconds) of a lot not yet expired.
     pub next_expiry: i64,
+    /// `due` index partition ([`EXPIRY_PK`]) while a lot can expire, so the sweeper finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_pk: Option<String>,
+    /// `due` index sort key: `next_expiry` in epoch ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<i64>,
     /// Lots by id.
     #[serde(default)]
     pub lots: HashMap<String, Lot>,
@@ -420,6 +428,8 @@ pub async fn grant(
                     granted: grant.amount,
                     version: 1,
                     next_expiry: lot_expiry,
+                    due_pk: (lot_expiry != NO_EXPIRY).then(|| EXPIRY_PK.to_owned()),
+                    due_at: (lot_expiry != NO_EXPIRY).then_some(lot_expiry * 1000),
                     ..Account::default()
                 };
                 fresh.lots.insert(grant.lot_id.to_owned(), lot);
@@ -428,17 +438,24 @@ pub async fn grant(
                 (put_new(table, item)?, fresh.available)
             }
             Some(existing) => {
+                let next = existing.next_expiry.min(lot_expiry);
                 let update = Update::builder()
                     .table_name(table)
                     .set_key(Some(account_key(grant.user_id)))
-                    .update_expression(
-                        "SET lots.#lot = :lot, next_expiry = :next \
+                    .update_expression(format!(
+                        "SET lots.#lot = :lot, next_expiry = :next{} \
                          ADD available :amount, granted :amount, version :one",
-                    )
+                        if next == NO_EXPIRY {
+                            ""
+                        } else {
+                            ", due_pk = :due_pk, due_at = :due_at"
+                        }
+                    ))
                     .condition_expression("version = :version")
                     .expression_attribute_names("#lot", grant.lot_id)
+                    .set_expression_attribute_values(Some(due_values(next)))
                     .expression_attribute_values(":lot", serde_dynamo::to_attribute_value(&lot)?)
-                    .expression_attribute_values(":next", n(existing.next_expiry.min(lot_expiry)))
+                    .expression_attribute_values(":next", n(next))
                     .expression_attribute_values(":amount", n(grant.amount))
                     .expression_attribute_values(":one", n(1))
                     .expression_attribute_values(":version", n(existing.version))
@@ -752,6 +769,12 @@ pub async fn expire_due(
         ]);
         let mut sets = vec!["next_expiry = :next".to_owned()];
         let mut removes = Vec::new();
+        if plan.next_expiry == NO_EXPIRY {
+            removes.extend(["due_pk".to_owned(), "due_at".to_owned()]);
+        } else {
+            values.extend(due_values(plan.next_expiry));
+            sets.push("due_pk = :due_pk, due_at = :due_at".to_owned());
+        }
         let mut conditions = vec!["version = :version".to_owned()];
         let mut writes = Vec::new();
         for (i, (id, lost, backing)) in plan.lots.iter().enumerate() {
@@ -805,6 +828,49 @@ pub async fn expire_due(
     ))
 }
 
+/// Values of the `due` index attributes of an account whose next expiry is `next` (none when
+/// nothing can expire).
+fn due_values(next: i64) -> HashMap<String, AttributeValue> {
+    if next == NO_EXPIRY {
+        return HashMap::new();
+    }
+    HashMap::from([
+        (":due_pk".to_owned(), s(EXPIRY_PK)),
+        (":due_at".to_owned(), n(next * 1000)),
+    ])
+}
+
+/// Users with a lot past its expiry (`due` index), oldest first, at most `limit`.
+pub async fn users_with_expired_lots(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    now_ms: i64,
+    limit: i32,
+) -> Result<Vec<String>, ApiError> {
+    let output = ddb
+        .query()
+        .table_name(table)
+        .index_name("due")
+        .key_condition_expression("due_pk = :pk AND due_at <= :now")
+        .expression_attribute_values(":pk", s(EXPIRY_PK))
+        .expression_attribute_values(":now", n(now_ms))
+        .limit(limit)
+        .send()
+        .await?;
+    Ok(output
+        .items
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|item| {
+            item.get("pk")?
+                .as_s()
+                .ok()?
+                .strip_prefix("USER#")
+                .map(str::to_owned)
+        })
+        .collect())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reads
 
@@ -834,7 +900,15 @@ pub async fn list_entries(
     user_id: &str,
     page: &crate::pagination::PageRequest,
 ) -> Result<(Vec<LedgerEntry>, Option<String>), ApiError> {
-    crate::pagination::query_prefix(ddb, table, user_id, keys::LEDGER_PREFIX, page, None).await
+    crate::pagination::query_prefix(
+        ddb,
+        table,
+        &keys::user_pk(user_id),
+        keys::LEDGER_PREFIX,
+        page,
+        None,
+    )
+    .await
 }
 
 /// Every ledger entry of a user with an id in `[from_id, to_id)`, oldest first.

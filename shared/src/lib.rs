@@ -15,6 +15,8 @@
 //! - [`provider`]: the Seedream / Seedance client and its error classification.
 //! - [`storage`]: outputs copied into the private S3 bucket.
 //! - [`generator`]: the SQS consumer that runs generations.
+//! - [`deadletter`]: the DLQ consumer and the dead-letter records admins work with.
+//! - [`sweeper`]: the scheduled repair of renders, stuck sessions, stale holds and lots.
 //! - [`queue`]: the SQS generation queue.
 //! - [`pagination`]: opaque cursors over DynamoDB queries.
 //! - [`telemetry`]: structured JSON logs.
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod aws;
 pub mod clock;
 pub mod config;
+pub mod deadletter;
 pub mod error;
 pub mod generation;
 pub mod generator;
@@ -36,6 +39,7 @@ pub mod queue;
 pub mod routes;
 pub mod sessions;
 pub mod storage;
+pub mod sweeper;
 pub mod telemetry;
 
 pub use error::{ApiError, Result};

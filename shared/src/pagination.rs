@@ -9,7 +9,6 @@ use base64::Engine;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::keys;
 use crate::ledger::s;
 
 /// Default and largest page sizes.
@@ -63,12 +62,12 @@ pub fn cursor_after(sk: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sk)
 }
 
-/// One page of a user's items whose sort key starts with `prefix`, newest first, with the
-/// cursor of the next page when there is one. `lower` bounds the sort key from below.
+/// One page of the items of partition `pk` whose sort key starts with `prefix`, newest first,
+/// with the cursor of the next page when there is one. `lower` bounds the sort key from below.
 pub async fn query_prefix<T: DeserializeOwned>(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
-    user_id: &str,
+    pk: &str,
     prefix: &str,
     page: &PageRequest,
     lower: Option<&str>,
@@ -81,7 +80,7 @@ pub async fn query_prefix<T: DeserializeOwned>(
         .query()
         .table_name(table)
         .key_condition_expression("pk = :pk AND sk BETWEEN :lower AND :upper")
-        .expression_attribute_values(":pk", s(keys::user_pk(user_id)))
+        .expression_attribute_values(":pk", s(pk))
         .expression_attribute_values(":lower", s(lower))
         .expression_attribute_values(":upper", s(upper.clone()))
         .scan_index_forward(false)

@@ -126,6 +126,18 @@ pub struct Session {
     /// When the generator last claimed it (epoch ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_at: Option<i64>,
+    /// Why the last delivery failed and handed the session back, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When a delivery first failed (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failed_at: Option<i64>,
+    /// Status checks of a rendering video so far.
+    #[serde(default)]
+    pub checks: u32,
+    /// When the sweeper last re-dispatched it (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at: Option<i64>,
     /// `open` index partition, while unfinished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_pk: Option<String>,
@@ -169,6 +181,10 @@ impl Session {
             provider_task_id: None,
             lease_until: None,
             claimed_at: None,
+            last_error: None,
+            first_failed_at: None,
+            checks: 0,
+            dispatched_at: None,
             open_pk: Some(OPEN_PK.to_owned()),
             open_at: Some(now_ms),
             due_pk: None,
@@ -228,7 +244,15 @@ pub async fn list(
     user_id: &str,
     page: &crate::pagination::PageRequest,
 ) -> Result<(Vec<Session>, Option<String>), ApiError> {
-    crate::pagination::query_prefix(ddb, table, user_id, keys::SESSION_PREFIX, page, None).await
+    crate::pagination::query_prefix(
+        ddb,
+        table,
+        &keys::user_pk(user_id),
+        keys::SESSION_PREFIX,
+        page,
+        None,
+    )
+    .await
 }
 
 /// Partition value of the `due` index.

@@ -48,6 +48,9 @@ async fn dispatch(state: &AppState, route: &str, request: &Request) -> Result<Re
         "GET /api/credits/transactions" => transactions(state, &identity, request).await,
         "GET /api/credits/usage/summary" => usage_summary(state, &identity, request).await,
         "POST /api/admin/credits/grant" => grant(state, &identity, request).await,
+        route if super::admin::ROUTES.contains(&route) => {
+            super::admin::dispatch(state, &identity, route, request).await
+        }
         _ => Err(ApiError::NotFound("route")),
     }
 }

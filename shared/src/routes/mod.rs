@@ -2,6 +2,7 @@
 //! the handler dispatches on the API Gateway route key and turns every error into the
 //! contract's JSON error body.
 
+pub mod admin;
 pub mod api;
 pub mod enqueue;
 

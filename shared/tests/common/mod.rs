@@ -556,3 +556,36 @@ pub async fn objects(world: &World) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// A sweeper wired to a mock provider and this world.
+pub fn sweeper_for(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+    settings: shared::sweeper::Settings,
+) -> shared::sweeper::Sweeper {
+    let config = shared::provider::ProviderConfig {
+        base_url: mock.api_base(),
+        request_timeout: std::time::Duration::from_secs(10),
+        connect_timeout: std::time::Duration::from_secs(2),
+    };
+    shared::sweeper::Sweeper {
+        app: world.state.clone(),
+        provider: shared::provider::Client::new(&config, mock.api_key()),
+        settings,
+    }
+}
+
+/// A deadline far enough away for any test run.
+pub fn long_deadline() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(300)
+}
+
+/// Ledger entries of a user by kind.
+pub async fn entry_count(world: &World, user: &str, kind: shared::ledger::EntryKind) -> usize {
+    shared::ledger::entries_between(world.ddb(), world.table(), user, "0", "~")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == kind)
+        .count()
+}

@@ -1,0 +1,174 @@
+//! Dead letters: messages that failed every delivery land in the DLQ, whose consumer records
+//! each one in DynamoDB (partition `DLQ`, newest first), releases the session's hold and marks
+//! it failed (`dead_lettered`), then lets the message go. Admins list, retry, delete and purge
+//! the records through the api function.
+
+use std::collections::HashMap;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::generator::{self, run_batch, Outcome};
+use crate::ledger::s;
+use crate::queue::GenerationMessage;
+use crate::sessions::{self, SessionError};
+use crate::{clock, AppState};
+
+/// Partition of dead-letter records.
+pub const DLQ_PK: &str = "DLQ";
+/// Sort key prefix of dead-letter records.
+pub const DLQ_PREFIX: &str = "DLQ#";
+/// Session error code of a dead-lettered session.
+pub const DEAD_LETTERED: &str = "dead_lettered";
+
+/// A recorded dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Time-ordered id (from the message's first send), stable across redeliveries.
+    pub dead_letter_id: String,
+    /// SQS message id.
+    pub message_id: String,
+    /// Session concerned, when the body could be read.
+    pub session_id: Option<String>,
+    /// Its owner.
+    pub user_id: Option<String>,
+    /// The message body as received.
+    pub body: String,
+    /// Why the last delivery failed.
+    pub last_error: Option<String>,
+    /// Deliveries made before it was dead-lettered.
+    pub receive_count: u32,
+    /// First failed delivery (epoch ms).
+    pub first_failure_at: i64,
+    /// Last failed delivery (epoch ms).
+    pub last_failure_at: i64,
+    /// When an admin last retried it (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_at: Option<i64>,
+}
+
+/// A dead letter's id: a ULID whose time is the message's first send and whose randomness
+/// comes from the message id, so a redelivered dead letter maps to the same record.
+pub fn dead_letter_id(message_id: &str, sent_ms: u64) -> String {
+    let digest = Sha256::digest(message_id.as_bytes());
+    let mut random = [0u8; 16];
+    random.copy_from_slice(&digest[..16]);
+    ulid::Ulid::from_parts(sent_ms, u128::from_be_bytes(random)).to_string()
+}
+
+/// Key of a dead-letter record.
+pub fn record_key(id: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), s(DLQ_PK)),
+        ("sk".to_owned(), s(format!("{DLQ_PREFIX}{id}"))),
+    ])
+}
+
+/// Handles a batch from the DLQ.
+pub async fn handle_batch(app: AppState, event: SqsEvent) -> SqsBatchResponse {
+    run_batch(event, move |record| {
+        let app = app.clone();
+        async move {
+            match record_dead_letter(&app, &record).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Retry(e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// Records one dead letter, releases its session's hold and fails the session.
+pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<(), ApiError> {
+    let message_id = record.message_id.clone().unwrap_or_default();
+    let body = record.body.clone().unwrap_or_default();
+    let attribute = |name: &str| {
+        record
+            .attributes
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let now = clock::now_ms();
+    let sent = attribute("SentTimestamp").unwrap_or(now as u64);
+    let message: Option<GenerationMessage> = serde_json::from_str(&body).ok();
+    let session = match &message {
+        Some(m) => {
+            sessions::get(
+                &app.aws.dynamodb,
+                &app.config.table,
+                &m.user_id,
+                &m.session_id,
+            )
+            .await?
+        }
+        None => None,
+    };
+    let letter = DeadLetter {
+        dead_letter_id: dead_letter_id(&message_id, sent),
+        message_id,
+        session_id: message.as_ref().map(|m| m.session_id.clone()),
+        user_id: message.as_ref().map(|m| m.user_id.clone()),
+        body,
+        last_error: session
+            .as_ref()
+            .and_then(|s| s.last_error.clone())
+            .or_else(|| {
+                message
+                    .is_none()
+                    .then(|| "the message body is not a generation message".into())
+            }),
+        receive_count: session
+            .as_ref()
+            .map(|s| s.attempt)
+            .unwrap_or(0)
+            .max(attribute("ApproximateReceiveCount").unwrap_or(0) as u32),
+        first_failure_at: session
+            .as_ref()
+            .and_then(|s| s.first_failed_at)
+            .unwrap_or(now),
+        last_failure_at: session.as_ref().map(|s| s.updated_at).unwrap_or(now),
+        retried_at: None,
+    };
+    let mut item: HashMap<String, AttributeValue> = serde_dynamo::to_item(&letter)?;
+    item.extend(record_key(&letter.dead_letter_id));
+    let put = app
+        .aws
+        .dynamodb
+        .put_item()
+        .table_name(&app.config.table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(pk)")
+        .send()
+        .await;
+    if let Err(e) = put {
+        // Already recorded by an earlier delivery of this dead letter: go on to the release.
+        if !matches!(e.as_service_error(), Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))) {
+            return Err(ApiError::internal(format!("{e:?}")));
+        }
+    }
+    tracing::warn!(dead_letter = %letter.dead_letter_id, session = ?letter.session_id, error = ?letter.last_error, "dead letter recorded");
+    if let Some(session) = session.filter(|s| !s.status.is_final()) {
+        let error = SessionError {
+            code: DEAD_LETTERED.into(),
+            message: "The generation failed repeatedly and was set aside for review. No credits were charged.".into(),
+        };
+        generator::fail(app, &session, error).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_ids_are_stable_and_time_ordered() {
+        let a = dead_letter_id("m-1", 1_000);
+        assert_eq!(a, dead_letter_id("m-1", 1_000));
+        assert_ne!(a, dead_letter_id("m-2", 1_000));
+        assert!(dead_letter_id("m-0", 2_000) > a);
+    }
+}

@@ -1,0 +1,655 @@
+//! The sweeper: runs on a schedule and repairs whatever got stuck, within its deadline.
+//!
+//! 1. Rendering videos due for a check (`due` index, partition `DUE`): one list call with
+//!    `filter.task_ids` answers for up to 500 tasks; bounded parallel GETs are the fallback.
+//!    Succeeded → the video (and last frame) is copied into S3, the hold captured, the session
+//!    completed. Failed / cancelled / expired → released, failed. Still running → next check
+//!    with backoff; running past the maximum render time → cancelled, released, failed.
+//! 2. Sessions stuck in `queued` (the enqueue's send failed, or a message was lost) are
+//!    re-dispatched with `SendMessageBatch`, ten per call.
+//! 3. Holds whose session has not finished within the hold timeout are released.
+//! 4. Lots past their expiry are expired (`due` index, partition `EXPIRY`).
+//!
+//! Every step is conditional and idempotent, so two overlapping runs do no harm: a session ends
+//! once (its update is conditioned on the status and attempt it was read with, in the same
+//! transaction as the capture or release), and a hold ends once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use futures::StreamExt;
+
+use crate::error::ApiError;
+use crate::generator::end_session;
+use crate::ledger::{self, n, s};
+use crate::provider::{self, Task};
+use crate::queue::GenerationMessage;
+use crate::sessions::{self, Output, Session, SessionError, Status, Timing};
+use crate::telemetry::metrics;
+use crate::{clock, storage, AppState};
+
+/// Tunables of the sweeper, from the environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Most task GETs in flight when the list endpoint cannot be used.
+    pub get_concurrency: usize,
+    /// Most sessions settled at once.
+    pub settle_concurrency: usize,
+    /// A render running longer than this is cancelled and refunded (ms).
+    pub max_render_ms: i64,
+    /// A session `queued` longer than this is re-dispatched (ms).
+    pub stuck_queued_ms: i64,
+    /// A hold whose session has not finished within this is released (ms).
+    pub hold_timeout_ms: i64,
+    /// First and longest delay between two checks of a rendering task (ms).
+    pub check_backoff_ms: (i64, i64),
+    /// Time kept in reserve before the deadline: no new step starts past it.
+    pub safety_margin: Duration,
+    /// Most items taken from an index per step and run.
+    pub batch_limit: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            get_concurrency: 16,
+            settle_concurrency: 16,
+            max_render_ms: 30 * 60_000,
+            stuck_queued_ms: 5 * 60_000,
+            hold_timeout_ms: 2 * 60 * 60_000,
+            check_backoff_ms: (10_000, 120_000),
+            safety_margin: Duration::from_secs(5),
+            batch_limit: 2_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the settings from the environment (defaults where unset).
+    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
+        use crate::config::env_number;
+        let d = Self::default();
+        Ok(Self {
+            get_concurrency: env_number("SWEEP_GET_CONCURRENCY", d.get_concurrency)?,
+            settle_concurrency: env_number("SWEEP_SETTLE_CONCURRENCY", d.settle_concurrency)?,
+            max_render_ms: env_number("MAX_RENDER_MS", d.max_render_ms)?,
+            stuck_queued_ms: env_number("STUCK_QUEUED_MS", d.stuck_queued_ms)?,
+            hold_timeout_ms: env_number("HOLD_TIMEOUT_MS", d.hold_timeout_ms)?,
+            check_backoff_ms: d.check_backoff_ms,
+            safety_margin: Duration::from_millis(env_number("SWEEP_SAFETY_MARGIN_MS", 5_000)?),
+            batch_limit: env_number("SWEEP_BATCH_LIMIT", d.batch_limit)?,
+        })
+    }
+}
+
+/// Everything the sweeper needs, built once per cold start.
+#[derive(Clone, Debug)]
+pub struct Sweeper {
+    /// Configuration and AWS clients.
+    pub app: AppState,
+    /// The provider client.
+    pub provider: provider::Client,
+    /// Tunables.
+    pub settings: Settings,
+}
+
+impl Sweeper {
+    /// Reads the configuration and the provider key, and builds every client.
+    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let app = AppState::from_sdk_config(&sdk)?;
+        let provider_config = provider::ProviderConfig::from_env()?;
+        let key = provider::load_api_key(&sdk).await?;
+        Ok(Self {
+            app,
+            provider: provider::Client::new(&provider_config, key),
+            settings: Settings::from_env()?,
+        })
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    /// Rendering sessions whose task status was checked.
+    pub tasks_checked: u64,
+    /// Provider list calls.
+    pub list_calls: u64,
+    /// Provider GET calls (fallback).
+    pub get_calls: u64,
+    /// Provider cancel calls.
+    pub cancel_calls: u64,
+    /// Videos completed.
+    pub completed: u64,
+    /// Sessions failed (task failed, render timeout, hold timeout).
+    pub failed: u64,
+    /// Still rendering, checked again later.
+    pub still_rendering: u64,
+    /// Stuck sessions re-dispatched.
+    pub redispatched: u64,
+    /// Holds released by the hold timeout.
+    pub holds_released: u64,
+    /// Accounts whose lots were expired.
+    pub lots_expired: u64,
+    /// Credits lost to expiry.
+    pub credits_expired: i64,
+    /// Steps left for the next run because the deadline came near.
+    pub stopped_early: bool,
+}
+
+impl Report {
+    /// Provider calls of every kind.
+    pub fn provider_calls(&self) -> u64 {
+        self.list_calls + self.get_calls + self.cancel_calls
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    checked: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    rendering: AtomicU64,
+    cancels: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// One run of the sweeper; no new step starts past `deadline` less the safety margin.
+pub async fn sweep(sweeper: &Sweeper, deadline: Instant) -> Report {
+    let stop_at = deadline
+        .checked_sub(sweeper.settings.safety_margin)
+        .unwrap_or_else(Instant::now);
+    let mut report = Report::default();
+    let steps: [(&str, Step); 4] = [
+        ("render checks", Step::Renders),
+        ("stuck sessions", Step::Stuck),
+        ("hold timeouts", Step::Holds),
+        ("lot expiry", Step::Lots),
+    ];
+    for (name, step) in steps {
+        if Instant::now() >= stop_at {
+            report.stopped_early = true;
+            break;
+        }
+        let result = match step {
+            Step::Renders => check_renders(sweeper, stop_at, &mut report).await,
+            Step::Stuck => redispatch_stuck(sweeper, stop_at, &mut report).await,
+            Step::Holds => release_stale_holds(sweeper, stop_at, &mut report).await,
+            Step::Lots => expire_lots(sweeper, stop_at, &mut report).await,
+        };
+        if let Err(e) = result {
+            tracing::error!(step = name, error = %e, "sweeper step failed; the next run retries it");
+        }
+    }
+    metrics::counters(
+        "sweeper",
+        &[
+            ("TasksChecked", report.tasks_checked as f64),
+            ("ProviderCalls", report.provider_calls() as f64),
+            (
+                "SessionsRepaired",
+                (report.completed + report.failed + report.redispatched) as f64,
+            ),
+            ("HoldsReleased", report.holds_released as f64),
+            ("LotsExpired", report.lots_expired as f64),
+        ],
+    );
+    tracing::info!(report = ?report, "sweep finished");
+    report
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Renders,
+    Stuck,
+    Holds,
+    Lots,
+}
+
+/// Sessions of an index partition whose sort key is at most `until`, oldest first.
+async fn due_sessions(
+    app: &AppState,
+    index: &str,
+    pk: (&str, &str),
+    until: i64,
+    limit: i32,
+    only: Option<Status>,
+) -> Result<Vec<Session>, ApiError> {
+    let (pk_name, pk_value) = pk;
+    let sk_name = if index == "due" { "due_at" } else { "open_at" };
+    let mut sessions = Vec::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let mut query = app
+            .aws
+            .dynamodb
+            .query()
+            .table_name(&app.config.table)
+            .index_name(index)
+            .key_condition_expression(format!("{pk_name} = :pk AND {sk_name} <= :until"))
+            .expression_attribute_values(":pk", s(pk_value))
+            .expression_attribute_values(":until", n(until))
+            .set_exclusive_start_key(start)
+            .limit(limit.min(1000));
+        if let Some(status) = only {
+            query = query
+                .filter_expression("#status = :status")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", serde_dynamo::to_attribute_value(status)?);
+        }
+        let output = query.send().await?;
+        for item in output.items.unwrap_or_default() {
+            sessions.push(serde_dynamo::from_item(item)?);
+        }
+        match output.last_evaluated_key {
+            Some(key) if (sessions.len() as i32) < limit => start = Some(key),
+            _ => {
+                sessions.truncate(limit as usize);
+                return Ok(sessions);
+            }
+        }
+    }
+}
+
+async fn check_renders(
+    sweeper: &Sweeper,
+    stop_at: Instant,
+    report: &mut Report,
+) -> Result<(), ApiError> {
+    let app = &sweeper.app;
+    let due = due_sessions(
+        app,
+        "due",
+        ("due_pk", sessions::DUE_PK),
+        clock::now_ms(),
+        sweeper.settings.batch_limit,
+        None,
+    )
+    .await?;
+    let due: Vec<Session> = due
+        .into_iter()
+        .filter(|s| s.status == Status::Rendering && s.provider_task_id.is_some())
+        .collect();
+    let counters = Counters::default();
+    for chunk in due.chunks(provider::LIST_PAGE) {
+        if Instant::now() >= stop_at {
+            report.stopped_early = true;
+            break;
+        }
+        let ids: Vec<String> = chunk
+            .iter()
+            .filter_map(|s| s.provider_task_id.clone())
+            .collect();
+        let mut tasks: HashMap<String, Task> = HashMap::new();
+        report.list_calls += 1;
+        match sweeper.provider.list_tasks(&ids).await {
+            Ok(listed) => tasks.extend(listed.into_iter().map(|t| (t.id.clone(), t))),
+            Err(e) => tracing::warn!(error = %e, "task list failed; falling back to GETs"),
+        }
+        // Tasks the list did not answer for (or all, when it failed): bounded parallel GETs.
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !tasks.contains_key(*id))
+            .cloned()
+            .collect();
+        report.get_calls += missing.len() as u64;
+        let fetched: Vec<(String, Option<Result<Task, provider::ProviderError>>)> =
+            futures::stream::iter(missing)
+                .map(|id| async move {
+                    // Past the deadline no new call starts: the task waits for the next run.
+                    if Instant::now() >= stop_at {
+                        return (id, None);
+                    }
+                    let task = sweeper.provider.get_task(&id).await;
+                    (id, Some(task))
+                })
+                .buffer_unordered(sweeper.settings.get_concurrency.max(1))
+                .collect()
+                .await;
+        for (id, task) in fetched {
+            match task {
+                Some(Ok(task)) => {
+                    tasks.insert(id, task);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(task = %id, error = %e, "task status unavailable; next run")
+                }
+                None => {
+                    report.get_calls -= 1;
+                    report.stopped_early = true;
+                }
+            }
+        }
+        futures::stream::iter(chunk)
+            .for_each_concurrent(sweeper.settings.settle_concurrency.max(1), |session| {
+                let task = session.provider_task_id.as_ref().and_then(|id| tasks.get(id));
+                let counters = &counters;
+                async move {
+                    let Some(task) = task else { return };
+                    if Instant::now() >= stop_at {
+                        counters.skipped.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    counters.checked.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = settle_render(sweeper, session, task, counters).await {
+                        tracing::warn!(session = %session.session_id, error = %e, "render step failed; next run");
+                    }
+                }
+            })
+            .await;
+    }
+    report.tasks_checked += counters.checked.into_inner();
+    report.completed += counters.completed.into_inner();
+    report.failed += counters.failed.into_inner();
+    report.still_rendering += counters.rendering.into_inner();
+    report.cancel_calls += counters.cancels.into_inner();
+    if counters.skipped.into_inner() > 0 {
+        report.stopped_early = true;
+    }
+    Ok(())
+}
+
+async fn settle_render(
+    sweeper: &Sweeper,
+    session: &Session,
+    task: &Task,
+    counters: &Counters,
+) -> Result<(), ApiError> {
+    let app = &sweeper.app;
+    match task.status.as_str() {
+        "succeeded" => {
+            let content = task
+                .content
+                .clone()
+                .ok_or_else(|| ApiError::internal("succeeded task without content"))?;
+            let video = content
+                .video_url
+                .ok_or_else(|| ApiError::internal("succeeded task without video"))?;
+            let started = Instant::now();
+            let mut outputs: Vec<Output> =
+                vec![
+                    storage::copy_url(app, &sweeper.provider, session, 0, &video)
+                        .await
+                        .map_err(ApiError::internal)?,
+                ];
+            if let Some(frame) = content.last_frame_url {
+                match storage::copy_url(app, &sweeper.provider, session, 1, &frame).await {
+                    Ok(output) => outputs.push(output),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "last frame unavailable; the video alone is delivered")
+                    }
+                }
+            }
+            let timing = Timing {
+                queue_wait_ms: session.claimed_at.unwrap_or(session.created_at)
+                    - session.created_at,
+                provider_ms: clock::now_ms() - session.claimed_at.unwrap_or(session.created_at),
+                transfer_ms: started.elapsed().as_millis() as i64,
+                database_ms: 0,
+                total_ms: clock::now_ms() - session.created_at,
+            };
+            let values = HashMap::from([
+                (":completed".to_owned(), s("completed")),
+                (
+                    ":outputs".to_owned(),
+                    serde_dynamo::to_attribute_value(&outputs)?,
+                ),
+                (
+                    ":timing".to_owned(),
+                    serde_dynamo::to_attribute_value(&timing)?,
+                ),
+                (":captured".to_owned(), n(session.credits_reserved)),
+            ]);
+            let update = end_session(app, session, "#status = :completed, outputs = :outputs, #timing = :timing, credits_captured = :captured", values)?;
+            let settled = ledger::settle(
+                &app.aws.dynamodb,
+                &app.config.table,
+                &session.user_id,
+                &session.session_id,
+                session.credits_reserved,
+                vec![update],
+            )
+            .await;
+            if matches!(settled, Ok(ledger::Settlement::Settled { .. })) {
+                counters.completed.fetch_add(1, Ordering::Relaxed);
+                metrics::session_finished(
+                    "completed",
+                    "none",
+                    outputs.len(),
+                    session.credits_reserved,
+                    &timing,
+                );
+            }
+            Ok(())
+        }
+        "failed" | "cancelled" | "expired" => {
+            let error = match &task.error {
+                Some(e) if provider::is_content_policy(&e.code) => SessionError { code: "content_policy".into(), message: "The video was refused by the provider's content policy. No credits were charged.".into() },
+                _ => SessionError { code: format!("render_{}", task.status), message: format!("The video render {}. No credits were charged.", task.status) },
+            };
+            end_and_release(app, session, error, counters).await
+        }
+        _ => {
+            let running_for = clock::now_ms() - session.claimed_at.unwrap_or(session.created_at);
+            if running_for > sweeper.settings.max_render_ms {
+                counters.cancels.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = sweeper.provider.delete_task(&task.id).await {
+                    tracing::warn!(error = %e, "could not cancel the task (running tasks cannot be); refunding anyway");
+                }
+                let error = SessionError { code: "render_timeout".into(), message: "The video took too long to render and was cancelled. No credits were charged.".into() };
+                return end_and_release(app, session, error, counters).await;
+            }
+            // Still rendering: check again later, backing off.
+            let (first, longest) = sweeper.settings.check_backoff_ms;
+            let delay = (first << session.checks.min(6)).min(longest);
+            let result = app
+                .aws
+                .dynamodb
+                .update_item()
+                .table_name(&app.config.table)
+                .set_key(Some(sessions::session_key(
+                    &session.user_id,
+                    &session.session_id,
+                )))
+                .update_expression("SET due_at = :next ADD checks :one")
+                .condition_expression("#status = :rendering AND due_at = :seen")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":rendering", s("rendering"))
+                .expression_attribute_values(":next", n(clock::now_ms() + delay))
+                .expression_attribute_values(":seen", n(session.due_at.unwrap_or_default()))
+                .expression_attribute_values(":one", n(1))
+                .send()
+                .await;
+            if result.is_ok() {
+                counters.rendering.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn end_and_release(
+    app: &AppState,
+    session: &Session,
+    error: SessionError,
+    counters: &Counters,
+) -> Result<(), ApiError> {
+    let reason = error.code.clone();
+    let values = HashMap::from([
+        (":failed".to_owned(), s("failed")),
+        (
+            ":error".to_owned(),
+            serde_dynamo::to_attribute_value(&error)?,
+        ),
+    ]);
+    let update = end_session(app, session, "#status = :failed, #error = :error", values)?;
+    match ledger::settle(
+        &app.aws.dynamodb,
+        &app.config.table,
+        &session.user_id,
+        &session.session_id,
+        0,
+        vec![update],
+    )
+    .await
+    {
+        Ok(ledger::Settlement::Settled { .. }) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            metrics::session_finished("failed", &reason, 0, 0, &Timing::default());
+            tracing::info!(session = %session.session_id, %reason, "session failed; credits released");
+            Ok(())
+        }
+        Ok(ledger::Settlement::AlreadySettled) => Ok(()),
+        // Its condition failed: another run (or the generator) moved the session first.
+        Err(_) => Ok(()),
+    }
+}
+
+async fn redispatch_stuck(
+    sweeper: &Sweeper,
+    stop_at: Instant,
+    report: &mut Report,
+) -> Result<(), ApiError> {
+    let app = &sweeper.app;
+    let now = clock::now_ms();
+    let cutoff = now - sweeper.settings.stuck_queued_ms;
+    let stuck = due_sessions(
+        app,
+        "open",
+        ("open_pk", sessions::OPEN_PK),
+        cutoff,
+        sweeper.settings.batch_limit,
+        Some(Status::Queued),
+    )
+    .await?;
+    let mut claimed = Vec::new();
+    for session in stuck {
+        if Instant::now() >= stop_at {
+            report.stopped_early = true;
+            break;
+        }
+        // Claim the re-dispatch, so an overlapping run does not send it too.
+        let result = app
+            .aws
+            .dynamodb
+            .update_item()
+            .table_name(&app.config.table)
+            .set_key(Some(sessions::session_key(&session.user_id, &session.session_id)))
+            .update_expression("SET dispatched_at = :now")
+            .condition_expression("#status = :queued AND (attribute_not_exists(dispatched_at) OR dispatched_at < :cutoff)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":cutoff", n(cutoff))
+            .send()
+            .await;
+        if result.is_ok() {
+            claimed.push(session);
+        }
+    }
+    for batch in claimed.chunks(10) {
+        let mut entries = Vec::with_capacity(batch.len());
+        for (i, session) in batch.iter().enumerate() {
+            let message = GenerationMessage {
+                session_id: session.session_id.clone(),
+                user_id: session.user_id.clone(),
+                attempt: session.attempt + 1,
+                enqueued_at: now,
+            };
+            entries.push(
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(serde_json::to_string(&message)?)
+                    .build()
+                    .map_err(ApiError::internal)?,
+            );
+        }
+        let output = app
+            .aws
+            .sqs
+            .send_message_batch()
+            .queue_url(&app.config.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| ApiError::internal(format!("{e:?}")))?;
+        report.redispatched += output.successful.len() as u64;
+        if !output.failed.is_empty() {
+            tracing::warn!(
+                failed = output.failed.len(),
+                "some re-dispatches failed; the next run retries them after the threshold"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn release_stale_holds(
+    sweeper: &Sweeper,
+    stop_at: Instant,
+    report: &mut Report,
+) -> Result<(), ApiError> {
+    let app = &sweeper.app;
+    let cutoff = clock::now_ms() - sweeper.settings.hold_timeout_ms;
+    let stale = due_sessions(
+        app,
+        "open",
+        ("open_pk", sessions::OPEN_PK),
+        cutoff,
+        sweeper.settings.batch_limit,
+        None,
+    )
+    .await?;
+    let counters = Counters::default();
+    for session in stale.iter().filter(|s| !s.status.is_final()) {
+        if Instant::now() >= stop_at {
+            report.stopped_early = true;
+            break;
+        }
+        let error = SessionError {
+            code: "timed_out".into(),
+            message: "The generation did not finish in time. No credits were charged.".into(),
+        };
+        end_and_release(app, session, error, &counters).await?;
+    }
+    let released = counters.failed.into_inner();
+    report.holds_released += released;
+    report.failed += released;
+    Ok(())
+}
+
+async fn expire_lots(
+    sweeper: &Sweeper,
+    stop_at: Instant,
+    report: &mut Report,
+) -> Result<(), ApiError> {
+    let app = &sweeper.app;
+    let now = clock::now_ms();
+    let users = ledger::users_with_expired_lots(
+        &app.aws.dynamodb,
+        &app.config.table,
+        now,
+        sweeper.settings.batch_limit,
+    )
+    .await?;
+    for user in users {
+        if Instant::now() >= stop_at {
+            report.stopped_early = true;
+            break;
+        }
+        let lost =
+            ledger::expire_due(&app.aws.dynamodb, &app.config.table, &user, now / 1000).await?;
+        report.lots_expired += 1;
+        report.credits_expired += lost;
+    }
+    Ok(())
+}
+
+/// The deadline of an invocation, as an [`Instant`], from the Lambda context's epoch-ms deadline.
+pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
+    let left = deadline_ms as i64 - clock::now_ms();
+    Instant::now() + Duration::from_millis(left.max(0) as u64)
+}

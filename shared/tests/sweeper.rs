@@ -1,0 +1,470 @@
+//! The sweeper against moto and the mock provider: renders, stuck sessions, stale holds, lots.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    deliver_once, entry_count, generator_for, long_deadline, objects, parts, sweeper_for, user,
+    Event, World,
+};
+use futures::StreamExt;
+use mock_provider::{Knobs, Latency};
+use serde_json::json;
+use shared::ledger::{self, EntryKind, Reservation};
+use shared::provider::VideoTask;
+use shared::routes::enqueue::{handle, IMAGE_ROUTE, VIDEO_ROUTE};
+use shared::sessions::{self, Session, Status};
+use shared::sweeper::{sweep, Settings};
+
+fn instant_renders() -> Knobs {
+    Knobs {
+        queued_ms: 0,
+        running_ms: 0,
+        ..Knobs::default()
+    }
+}
+
+async fn enqueue(world: &World, sub: &str, route: &'static str, body: serde_json::Value) -> String {
+    let event = Event::new(route, user(sub)).body(body.to_string());
+    let (status, accepted) = parts(handle(&world.state, event.build()).await);
+    assert_eq!(status, 202, "{accepted}");
+    accepted["session_id"].as_str().unwrap().to_owned()
+}
+
+async fn session(world: &World, sub: &str, id: &str) -> Session {
+    sessions::get(world.ddb(), world.table(), sub, id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_video_goes_queued_rendering_completed_with_the_mp4_in_s3() {
+    let world = World::new().await;
+    world.grant("v", 100, None).await;
+    let mock = mock_provider::start(instant_renders()).await.unwrap();
+    let generator = generator_for(&world, &mock).await;
+    let id = enqueue(
+        &world,
+        "v",
+        VIDEO_ROUTE,
+        json!({"prompt": "a kitten yawns", "duration": 5}),
+    )
+    .await;
+    assert_eq!(session(&world, "v", &id).await.status, Status::Queued);
+    deliver_once(&world, &generator).await;
+    assert_eq!(session(&world, "v", &id).await.status, Status::Rendering);
+
+    let sweeper = sweeper_for(&world, &mock, Settings::default());
+    let report = sweep(&sweeper, long_deadline()).await;
+    assert_eq!(
+        (report.tasks_checked, report.completed, report.list_calls),
+        (1, 1, 1)
+    );
+    let done = session(&world, "v", &id).await;
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.credits_captured, 20);
+    assert!(done.due_pk.is_none() && done.open_pk.is_none());
+    assert_eq!(
+        objects(&world).await,
+        vec![
+            (format!("v/{id}/0.mp4"), "video/mp4".to_owned()),
+            (format!("v/{id}/1.png"), "image/png".to_owned())
+        ]
+    );
+    let again = sweep(&sweeper, long_deadline()).await;
+    assert_eq!(again.tasks_checked, 0, "nothing is due any more");
+    let account = world.assert_conserved("v").await;
+    assert_eq!((account.captured, account.held), (20, 0));
+    assert_eq!(entry_count(&world, "v", EntryKind::Capture).await, 1);
+}
+
+#[tokio::test]
+async fn failed_and_expired_tasks_release_the_credits() {
+    let world = World::new().await;
+    world.grant("f", 100, None).await;
+    let mock = mock_provider::start(instant_renders()).await.unwrap();
+    let generator = generator_for(&world, &mock).await;
+    let failing = enqueue(&world, "f", VIDEO_ROUTE, json!({"prompt": "x [task-fail]"})).await;
+    let expiring = enqueue(
+        &world,
+        "f",
+        VIDEO_ROUTE,
+        json!({"prompt": "y [task-expire]"}),
+    )
+    .await;
+    deliver_once(&world, &generator).await;
+    let report = sweep(
+        &sweeper_for(&world, &mock, Settings::default()),
+        long_deadline(),
+    )
+    .await;
+    assert_eq!(report.failed, 2);
+    let failed = session(&world, "f", &failing).await;
+    assert_eq!(
+        (failed.status, failed.error.unwrap().code.as_str()),
+        (Status::Failed, "content_policy")
+    );
+    let expired = session(&world, "f", &expiring).await;
+    assert_eq!(
+        (expired.status, expired.error.unwrap().code.as_str()),
+        (Status::Failed, "render_expired")
+    );
+    let account = world.assert_conserved("f").await;
+    assert_eq!(
+        (account.available, account.captured, account.held),
+        (100, 0, 0)
+    );
+    assert!(objects(&world).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_running_render_is_checked_later_and_cancelled_past_the_maximum() {
+    let world = World::new().await;
+    world.grant("slow", 100, None).await;
+    let mock = mock_provider::start(instant_renders()).await.unwrap();
+    let generator = generator_for(&world, &mock).await;
+    let id = enqueue(
+        &world,
+        "slow",
+        VIDEO_ROUTE,
+        json!({"prompt": "x [task-slow]"}),
+    )
+    .await;
+    deliver_once(&world, &generator).await;
+    let before = clock_ms();
+    let report = sweep(
+        &sweeper_for(&world, &mock, Settings::default()),
+        long_deadline(),
+    )
+    .await;
+    assert_eq!(report.still_rendering, 1);
+    let waiting = session(&world, "slow", &id).await;
+    assert_eq!((waiting.status, waiting.checks), (Status::Rendering, 1));
+    assert!(
+        waiting.due_at.unwrap() >= before + 10_000,
+        "next check backs off"
+    );
+
+    // Make it due now, with a maximum render time already passed.
+    force_due(&world, "slow", &id).await;
+    let impatient = Settings {
+        max_render_ms: 0,
+        ..Settings::default()
+    };
+    let report = sweep(&sweeper_for(&world, &mock, impatient), long_deadline()).await;
+    assert_eq!((report.failed, report.cancel_calls), (1, 1));
+    assert_eq!(mock.stats().requests.task_delete, 1);
+    let failed = session(&world, "slow", &id).await;
+    assert_eq!(failed.error.unwrap().code, "render_timeout");
+    assert_eq!(world.assert_conserved("slow").await.available, 100);
+}
+
+fn clock_ms() -> i64 {
+    shared::clock::now_ms()
+}
+
+async fn force_due(world: &World, sub: &str, id: &str) {
+    world
+        .ddb()
+        .update_item()
+        .table_name(world.table())
+        .set_key(Some(sessions::session_key(sub, id)))
+        .update_expression("SET due_at = :past")
+        .expression_attribute_values(":past", ledger::n(0))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// `count` users, each with one video session rendering `task` and due now.
+async fn rendering_sessions(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+    count: usize,
+    prompt: &str,
+) -> Vec<(String, String)> {
+    let provider = sweeper_for(world, mock, Settings::default()).provider;
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let provider = provider.clone();
+            async move {
+                let user = format!("u{i}");
+                world.grant(&user, 20, None).await;
+                let task_id = provider
+                    .create_task(&VideoTask {
+                        model: "m",
+                        prompt,
+                        resolution: "480p",
+                        ratio: "16:9",
+                        duration: 5,
+                        first_frame: None,
+                    })
+                    .await
+                    .unwrap();
+                let parsed = shared::generation::parse_video(
+                    json!({"prompt": "p"}).to_string().as_bytes(),
+                    shared::generation::Limits {
+                        max_prompt_chars: 100,
+                    },
+                )
+                .unwrap();
+                let id = shared::keys::new_id();
+                let mut session =
+                    Session::queued(id.clone(), &user, "k".into(), parsed.request, clock_ms());
+                session.status = Status::Rendering;
+                session.attempt = 1;
+                session.provider_task_id = Some(task_id);
+                session.due_pk = Some(sessions::DUE_PK.into());
+                session.due_at = Some(clock_ms() - 1);
+                let reservation = Reservation {
+                    user_id: &user,
+                    session_id: &id,
+                    amount: session.credits_reserved,
+                    model: &session.model,
+                    inflight_cap: 10,
+                };
+                let put = ledger::put_new(world.table(), session.to_item().unwrap()).unwrap();
+                ledger::reserve(world.ddb(), world.table(), &reservation, vec![put])
+                    .await
+                    .unwrap();
+                (user, id)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn a_thousand_due_tasks_settle_with_two_list_calls() {
+    let world = World::new().await;
+    let mock = mock_provider::start(instant_renders()).await.unwrap();
+    let started = Instant::now();
+    let sessions = rendering_sessions(&world, &mock, 1000, "many").await;
+    eprintln!("setup of 1000 rendering sessions: {:?}", started.elapsed());
+    let started = Instant::now();
+    let report = sweep(
+        &sweeper_for(&world, &mock, Settings::default()),
+        long_deadline(),
+    )
+    .await;
+    eprintln!("sweep of 1000 due tasks: {:?}", started.elapsed());
+    assert!(report.list_calls <= 2, "{report:?}");
+    assert_eq!(mock.stats().requests.task_list, report.list_calls);
+    assert_eq!((report.get_calls, mock.stats().requests.task_get), (0, 0));
+    assert_eq!(
+        (report.tasks_checked, report.completed),
+        (1000, 1000),
+        "{report:?}"
+    );
+    for (user, id) in sessions.iter().step_by(97) {
+        assert_eq!(session(&world, user, id).await.status, Status::Completed);
+        let account = world.assert_conserved(user).await;
+        assert_eq!(account.captured, 20, "720p x 5 s");
+    }
+}
+
+#[tokio::test]
+async fn without_the_list_endpoint_gets_stay_within_their_bound() {
+    let world = World::new().await;
+    let mut knobs = instant_renders();
+    knobs.list_enabled = false;
+    knobs.latency.task_get = Latency::fixed(20);
+    let mock = mock_provider::start(knobs).await.unwrap();
+    rendering_sessions(&world, &mock, 120, "[task-slow]").await;
+    let settings = Settings {
+        get_concurrency: 6,
+        ..Settings::default()
+    };
+    let report = sweep(&sweeper_for(&world, &mock, settings), long_deadline()).await;
+    let stats = mock.stats();
+    assert_eq!((report.list_calls, stats.requests.task_list), (1, 1));
+    assert_eq!((report.get_calls, stats.requests.task_get), (120, 120));
+    assert!(
+        stats.max_in_flight <= 6,
+        "at most 6 GETs at once, saw {}",
+        stats.max_in_flight
+    );
+    assert!(stats.max_in_flight >= 2, "the GETs ran in parallel");
+    assert_eq!(report.still_rendering, 120);
+}
+
+#[tokio::test]
+async fn a_short_deadline_stops_cleanly_and_the_next_run_finishes() {
+    let world = World::new().await;
+    let mut knobs = instant_renders();
+    knobs.list_enabled = false;
+    knobs.latency.task_get = Latency::fixed(100);
+    let mock = mock_provider::start(knobs).await.unwrap();
+    let sessions = rendering_sessions(&world, &mock, 40, "short").await;
+    let settings = Settings {
+        get_concurrency: 2,
+        safety_margin: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let sweeper = sweeper_for(&world, &mock, settings);
+    let first = sweep(&sweeper, Instant::now() + Duration::from_millis(700)).await;
+    assert!(first.stopped_early, "{first:?}");
+    assert!(first.completed < 40, "{first:?}");
+    for (user, id) in &sessions {
+        let s = session(&world, user, id).await;
+        assert!(
+            matches!(s.status, Status::Completed | Status::Rendering),
+            "no half-finished state"
+        );
+        world.assert_conserved(user).await;
+    }
+    let second = sweep(&sweeper, long_deadline()).await;
+    assert!(!second.stopped_early);
+    assert_eq!(first.completed + second.completed, 40);
+    for (user, id) in &sessions {
+        assert_eq!(session(&world, user, id).await.status, Status::Completed);
+        assert_eq!(entry_count(&world, user, EntryKind::Capture).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_reserve_and_send_is_redispatched_and_completes_once() {
+    let broken =
+        World::with(|c| c.queue_url = format!("{}/000000000000/no-such-queue", common::endpoint()))
+            .await;
+    broken.grant("c", 100, None).await;
+    let id = enqueue(&broken, "c", IMAGE_ROUTE, json!({"prompt": "lost", "n": 2})).await;
+    // The same table, with the real queue: what the sweeper and generator see.
+    let world = World {
+        state: shared::AppState {
+            config: std::sync::Arc::new(shared::config::Config {
+                queue_url: real_queue(&broken).await,
+                ..(*broken.state.config).clone()
+            }),
+            aws: broken.state.aws.clone(),
+        },
+        calls: broken.calls.clone(),
+        dlq_url: broken.dlq_url.clone(),
+    };
+    assert!(
+        world.drain_queue().await.is_empty(),
+        "the send failed: no message"
+    );
+    assert_eq!(session(&world, "c", &id).await.status, Status::Queued);
+    // Five minutes pass without the session moving.
+    world
+        .ddb()
+        .update_item()
+        .table_name(world.table())
+        .set_key(Some(sessions::session_key("c", &id)))
+        .update_expression("SET open_at = :then")
+        .expression_attribute_values(":then", ledger::n(clock_ms() - 300_001))
+        .send()
+        .await
+        .unwrap();
+    let mock = mock_provider::start(Knobs::default()).await.unwrap();
+    let sweeper = sweeper_for(&world, &mock, Settings::default());
+    let (a, b) = tokio::join!(
+        sweep(&sweeper, long_deadline()),
+        sweep(&sweeper, long_deadline())
+    );
+    assert_eq!(
+        a.redispatched + b.redispatched,
+        1,
+        "overlapping runs send it once"
+    );
+    let generator = generator_for(&world, &mock).await;
+    deliver_once(&world, &generator).await;
+    let done = session(&world, "c", &id).await;
+    assert_eq!((done.status, done.credits_captured), (Status::Completed, 4));
+    assert_eq!(entry_count(&world, "c", EntryKind::Capture).await, 1);
+    world.assert_conserved("c").await;
+}
+
+/// The generation queue created for a world (its config names a broken one).
+async fn real_queue(world: &World) -> String {
+    let name = world.table().replace("-table", "-queue");
+    world
+        .state
+        .aws
+        .sqs
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_hold_past_the_timeout_is_released() {
+    let world = World::new().await;
+    world.grant("h", 50, None).await;
+    let id = enqueue(
+        &world,
+        "h",
+        IMAGE_ROUTE,
+        json!({"prompt": "forgotten", "n": 3}),
+    )
+    .await;
+    assert_eq!(world.account("h").await.held, 6);
+    let mock = mock_provider::start(Knobs::default()).await.unwrap();
+    let patient = sweep(
+        &sweeper_for(&world, &mock, Settings::default()),
+        long_deadline(),
+    )
+    .await;
+    assert_eq!(patient.holds_released, 0, "not yet past the timeout");
+    let settings = Settings {
+        hold_timeout_ms: 0,
+        stuck_queued_ms: i64::MAX / 2,
+        ..Settings::default()
+    };
+    let report = sweep(&sweeper_for(&world, &mock, settings), long_deadline()).await;
+    assert_eq!(report.holds_released, 1);
+    let failed = session(&world, "h", &id).await;
+    assert_eq!(
+        (failed.status, failed.error.unwrap().code.as_str()),
+        (Status::Failed, "timed_out")
+    );
+    let account = world.assert_conserved("h").await;
+    assert_eq!(
+        (account.available, account.held, account.inflight),
+        (50, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn two_overlapping_runs_do_no_harm() {
+    let world = World::new().await;
+    let mock = mock_provider::start(instant_renders()).await.unwrap();
+    let rendering = rendering_sessions(&world, &mock, 20, "both").await;
+    world
+        .grant("old", 30, Some(shared::clock::now_secs() - 1))
+        .await;
+    world.grant("stale", 40, None).await;
+    let stale = enqueue(&world, "stale", IMAGE_ROUTE, json!({"prompt": "s", "n": 1})).await;
+    let settings = Settings {
+        hold_timeout_ms: 0,
+        stuck_queued_ms: i64::MAX / 2,
+        ..Settings::default()
+    };
+    let sweeper = sweeper_for(&world, &mock, settings);
+    let (a, b) = tokio::join!(
+        sweep(&sweeper, long_deadline()),
+        sweep(&sweeper, long_deadline())
+    );
+    assert_eq!(a.completed + b.completed, 20, "{a:?} {b:?}");
+    assert_eq!(a.holds_released + b.holds_released, 1);
+    for (user, _) in &rendering {
+        assert_eq!(entry_count(&world, user, EntryKind::Capture).await, 1);
+        world.assert_conserved(user).await;
+    }
+    assert_eq!(entry_count(&world, "old", EntryKind::Expire).await, 1);
+    assert_eq!(world.assert_conserved("old").await.expired, 30);
+    assert_eq!(entry_count(&world, "stale", EntryKind::Release).await, 1);
+    assert_eq!(
+        session(&world, "stale", &stale).await.status,
+        Status::Failed
+    );
+    world.assert_conserved("stale").await;
+}
