@@ -120,11 +120,12 @@ pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<(
                     .is_none()
                     .then(|| "the message body is not a generation message".into())
             }),
+        // The session counts its deliveries; the DLQ's own receive count may or may not
+        // include the receives before the redrive, so it is only the fallback.
         receive_count: session
             .as_ref()
             .map(|s| s.attempt)
-            .unwrap_or(0)
-            .max(attribute("ApproximateReceiveCount").unwrap_or(0) as u32),
+            .unwrap_or_else(|| attribute("ApproximateReceiveCount").unwrap_or(0) as u32),
         first_failure_at: session
             .as_ref()
             .and_then(|s| s.first_failed_at)

@@ -61,7 +61,9 @@ impl Default for Settings {
             stuck_queued_ms: 5 * 60_000,
             hold_timeout_ms: 2 * 60 * 60_000,
             check_backoff_ms: (10_000, 120_000),
-            safety_margin: Duration::from_secs(5),
+            // Longer than one provider call (10 s timeout) plus a copy, so no step that starts
+            // before the margin can run past the deadline.
+            safety_margin: Duration::from_secs(15),
             batch_limit: 2_000,
         }
     }
@@ -79,7 +81,7 @@ impl Settings {
             stuck_queued_ms: env_number("STUCK_QUEUED_MS", d.stuck_queued_ms)?,
             hold_timeout_ms: env_number("HOLD_TIMEOUT_MS", d.hold_timeout_ms)?,
             check_backoff_ms: d.check_backoff_ms,
-            safety_margin: Duration::from_millis(env_number("SWEEP_SAFETY_MARGIN_MS", 5_000)?),
+            safety_margin: Duration::from_millis(env_number("SWEEP_SAFETY_MARGIN_MS", 15_000)?),
             batch_limit: env_number("SWEEP_BATCH_LIMIT", d.batch_limit)?,
         })
     }

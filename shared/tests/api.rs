@@ -270,6 +270,7 @@ fn openapi_template_and_handlers_declare_the_same_routes() {
     let mut handled: Vec<String> = api::ROUTES
         .iter()
         .chain(&enqueue::ROUTES)
+        .chain(&shared::routes::admin::ROUTES)
         .map(|r| r.to_string())
         .collect();
     handled.sort();

@@ -5,14 +5,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    deliver_once, entry_count, generator_for, long_deadline, objects, parts, sweeper_for, user,
-    Event, World,
+    deliver_once, entry_count, generator_for, long_deadline, objects, parts, rendering_sessions,
+    sweeper_for, user, Event, World,
 };
-use futures::StreamExt;
 use mock_provider::{Knobs, Latency};
 use serde_json::json;
-use shared::ledger::{self, EntryKind, Reservation};
-use shared::provider::VideoTask;
+use shared::ledger::{self, EntryKind};
 use shared::routes::enqueue::{handle, IMAGE_ROUTE, VIDEO_ROUTE};
 use shared::sessions::{self, Session, Status};
 use shared::sweeper::{sweep, Settings};
@@ -176,65 +174,6 @@ async fn force_due(world: &World, sub: &str, id: &str) {
         .send()
         .await
         .unwrap();
-}
-
-/// `count` users, each with one video session rendering `task` and due now.
-async fn rendering_sessions(
-    world: &World,
-    mock: &mock_provider::MockHandle,
-    count: usize,
-    prompt: &str,
-) -> Vec<(String, String)> {
-    let provider = sweeper_for(world, mock, Settings::default()).provider;
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let provider = provider.clone();
-            async move {
-                let user = format!("u{i}");
-                world.grant(&user, 20, None).await;
-                let task_id = provider
-                    .create_task(&VideoTask {
-                        model: "m",
-                        prompt,
-                        resolution: "480p",
-                        ratio: "16:9",
-                        duration: 5,
-                        first_frame: None,
-                    })
-                    .await
-                    .unwrap();
-                let parsed = shared::generation::parse_video(
-                    json!({"prompt": "p"}).to_string().as_bytes(),
-                    shared::generation::Limits {
-                        max_prompt_chars: 100,
-                    },
-                )
-                .unwrap();
-                let id = shared::keys::new_id();
-                let mut session =
-                    Session::queued(id.clone(), &user, "k".into(), parsed.request, clock_ms());
-                session.status = Status::Rendering;
-                session.attempt = 1;
-                session.provider_task_id = Some(task_id);
-                session.due_pk = Some(sessions::DUE_PK.into());
-                session.due_at = Some(clock_ms() - 1);
-                let reservation = Reservation {
-                    user_id: &user,
-                    session_id: &id,
-                    amount: session.credits_reserved,
-                    model: &session.model,
-                    inflight_cap: 10,
-                };
-                let put = ledger::put_new(world.table(), session.to_item().unwrap()).unwrap();
-                ledger::reserve(world.ddb(), world.table(), &reservation, vec![put])
-                    .await
-                    .unwrap();
-                (user, id)
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await
 }
 
 #[tokio::test]

@@ -589,3 +589,67 @@ pub async fn entry_count(world: &World, user: &str, kind: shared::ledger::EntryK
         .filter(|e| e.kind == kind)
         .count()
 }
+
+/// `count` users, each with one video session rendering `task` and due now.
+pub async fn rendering_sessions(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+    count: usize,
+    prompt: &str,
+) -> Vec<(String, String)> {
+    use futures::StreamExt;
+    use shared::ledger::{self, Reservation};
+    use shared::provider::VideoTask;
+    use shared::sessions::{self, Session, Status};
+    let clock_ms = shared::clock::now_ms;
+    let provider = sweeper_for(world, mock, shared::sweeper::Settings::default()).provider;
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let provider = provider.clone();
+            async move {
+                let user = format!("u{i}");
+                world.grant(&user, 20, None).await;
+                let task_id = provider
+                    .create_task(&VideoTask {
+                        model: "m",
+                        prompt,
+                        resolution: "480p",
+                        ratio: "16:9",
+                        duration: 5,
+                        first_frame: None,
+                    })
+                    .await
+                    .unwrap();
+                let parsed = shared::generation::parse_video(
+                    json!({"prompt": "p"}).to_string().as_bytes(),
+                    shared::generation::Limits {
+                        max_prompt_chars: 100,
+                    },
+                )
+                .unwrap();
+                let id = shared::keys::new_id();
+                let mut session =
+                    Session::queued(id.clone(), &user, "k".into(), parsed.request, clock_ms());
+                session.status = Status::Rendering;
+                session.attempt = 1;
+                session.provider_task_id = Some(task_id);
+                session.due_pk = Some(sessions::DUE_PK.into());
+                session.due_at = Some(clock_ms() - 1);
+                let reservation = Reservation {
+                    user_id: &user,
+                    session_id: &id,
+                    amount: session.credits_reserved,
+                    model: &session.model,
+                    inflight_cap: 10,
+                };
+                let put = ledger::put_new(world.table(), session.to_item().unwrap()).unwrap();
+                ledger::reserve(world.ddb(), world.table(), &reservation, vec![put])
+                    .await
+                    .unwrap();
+                (user, id)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}

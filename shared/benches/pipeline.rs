@@ -1,0 +1,182 @@
+//! Pipeline benchmarks against moto and the mock provider, through the real code paths.
+//!
+//! - `four_images`: wall time of a 4-image session with the mock at a fixed per-image latency,
+//!   as a ratio to one image's latency, beside the old system's sequential behaviour (the same
+//!   generator with one provider call at a time).
+//! - `sweeper`: one sweep over 1,000 due video tasks at a fixed per-call latency, with the list
+//!   endpoint (`filter.task_ids`, 500 a call) and with one GET per task.
+//!
+//! `scripts/with-moto.sh cargo bench -p shared --bench pipeline [four_images] [sweeper]`
+//! prints a table and writes `target/bench/pipeline.json`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::Instant;
+
+use common::{
+    deliver_once, generator_for, long_deadline, parts, rendering_sessions, sweeper_for, user,
+    Event, World,
+};
+use mock_provider::{Knobs, Latency};
+use serde_json::{json, Value};
+use shared::routes::enqueue::{handle, IMAGE_ROUTE};
+
+const IMAGE_LATENCY_MS: u64 = 500;
+const TASK_CALL_LATENCY_MS: u64 = 200;
+const TASKS: usize = 1000;
+const RUNS: usize = 3;
+
+#[tokio::main]
+async fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let enabled = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let mut results = serde_json::Map::new();
+    if enabled("four_images") {
+        results.insert("four_images".into(), four_images().await);
+    }
+    if enabled("sweeper") {
+        results.insert("sweeper".into(), sweeper().await);
+    }
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let path = out.join("pipeline.json");
+    let mut all: serde_json::Map<String, Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    all.extend(results.clone());
+    std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap()).unwrap();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(results)).unwrap()
+    );
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+/// Wall time of one delivery of an `n`-image session, the generator allowed `concurrency`
+/// provider calls at once.
+async fn image_session(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+    n: u32,
+    concurrency: usize,
+) -> f64 {
+    let mut generator = (*generator_for(world, mock).await).clone();
+    generator.image_concurrency = concurrency;
+    let generator = std::sync::Arc::new(generator);
+    let event = Event::new(IMAGE_ROUTE, user("bench"))
+        .body(json!({"prompt": "a lake at dawn", "n": n, "size": "2K"}).to_string());
+    let (status, _) = parts(handle(&world.state, event.build()).await);
+    assert_eq!(status, 202);
+    let started = Instant::now();
+    let (count, failed) = deliver_once(world, &generator).await;
+    assert_eq!((count, failed.len()), (1, 0));
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+async fn four_images() -> Value {
+    let world = World::with(|c| c.inflight_cap = 50).await;
+    world.grant("bench", 100_000, None).await;
+    let mock = mock_provider::start(Knobs {
+        latency: mock_provider::LatencyKnobs {
+            images: Latency::fixed(IMAGE_LATENCY_MS),
+            ..Default::default()
+        },
+        ..Knobs::default()
+    })
+    .await
+    .unwrap();
+    let mut one = Vec::new();
+    let mut four = Vec::new();
+    let mut sequential = Vec::new();
+    for _ in 0..RUNS {
+        one.push(image_session(&world, &mock, 1, 8).await);
+        four.push(image_session(&world, &mock, 4, 8).await);
+        sequential.push(image_session(&world, &mock, 4, 1).await);
+    }
+    let (one, four, sequential) = (median(one), median(four), median(sequential));
+    let latency = IMAGE_LATENCY_MS as f64;
+    println!("4-image session, mock at {IMAGE_LATENCY_MS} ms per image (median of {RUNS}):");
+    println!(
+        "  one image            {one:8.0} ms  ({:.2}x the per-image latency)",
+        one / latency
+    );
+    println!(
+        "  four images, at once {four:8.0} ms  ({:.2}x)",
+        four / latency
+    );
+    println!(
+        "  four images, in turn {sequential:8.0} ms  ({:.2}x, the old system's way)",
+        sequential / latency
+    );
+    json!({
+        "image_latency_ms": IMAGE_LATENCY_MS,
+        "runs": RUNS,
+        "one_image_ms": one.round(),
+        "four_images_concurrent_ms": four.round(),
+        "four_images_sequential_ms": sequential.round(),
+        "concurrent_ratio": (four / latency * 100.0).round() / 100.0,
+        "sequential_ratio": (sequential / latency * 100.0).round() / 100.0,
+        "speedup": (sequential / four * 100.0).round() / 100.0,
+    })
+}
+
+async fn sweep_mode(list_enabled: bool) -> Value {
+    let world = World::new().await;
+    let mock = mock_provider::start(Knobs {
+        queued_ms: 0,
+        running_ms: 0,
+        list_enabled,
+        latency: mock_provider::LatencyKnobs {
+            task_list: Latency::fixed(TASK_CALL_LATENCY_MS),
+            task_get: Latency::fixed(TASK_CALL_LATENCY_MS),
+            ..Default::default()
+        },
+        ..Knobs::default()
+    })
+    .await
+    .unwrap();
+    rendering_sessions(&world, &mock, TASKS, "bench").await;
+    let before = mock.stats().requests;
+    let sweeper = sweeper_for(&world, &mock, shared::sweeper::Settings::default());
+    let started = Instant::now();
+    let report = shared::sweeper::sweep(&sweeper, long_deadline()).await;
+    let wall = started.elapsed();
+    let after = mock.stats().requests;
+    let (lists, gets) = (
+        after.task_list - before.task_list,
+        after.task_get - before.task_get,
+    );
+    assert_eq!(report.completed as usize, TASKS, "{report:?}");
+    json!({
+        "mode": if list_enabled { "list (filter.task_ids, 500 per call)" } else { "one GET per task (16 in flight)" },
+        "wall_ms": wall.as_millis() as u64,
+        "status_calls": lists + gets,
+        "list_calls": lists,
+        "get_calls": gets,
+        "completed": report.completed,
+    })
+}
+
+async fn sweeper() -> Value {
+    let list = sweep_mode(true).await;
+    let gets = sweep_mode(false).await;
+    println!("sweeper, {TASKS} due tasks, mock at {TASK_CALL_LATENCY_MS} ms per status call:");
+    for mode in [&list, &gets] {
+        println!(
+            "  {:40} wall {:6} ms, {:4} provider status calls",
+            mode["mode"].as_str().unwrap(),
+            mode["wall_ms"],
+            mode["status_calls"]
+        );
+    }
+    json!({"tasks": TASKS, "call_latency_ms": TASK_CALL_LATENCY_MS, "list": list, "gets": gets})
+}
