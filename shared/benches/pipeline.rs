@@ -159,6 +159,7 @@ async fn sweep_mode(list_enabled: bool) -> Value {
     json!({
         "mode": if list_enabled { "list (filter.task_ids, 500 per call)" } else { "one GET per task (16 in flight)" },
         "wall_ms": wall.as_millis() as u64,
+        "status_check_ms": report.status_check_ms,
         "status_calls": lists + gets,
         "list_calls": lists,
         "get_calls": gets,
@@ -172,9 +173,10 @@ async fn sweeper() -> Value {
     println!("sweeper, {TASKS} due tasks, mock at {TASK_CALL_LATENCY_MS} ms per status call:");
     for mode in [&list, &gets] {
         println!(
-            "  {:40} wall {:6} ms, {:4} provider status calls",
+            "  {:40} wall {:6} ms (status checks {:6} ms), {:4} provider status calls",
             mode["mode"].as_str().unwrap(),
             mode["wall_ms"],
+            mode["status_check_ms"],
             mode["status_calls"]
         );
     }

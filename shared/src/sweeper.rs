@@ -124,6 +124,8 @@ pub struct Report {
     pub get_calls: u64,
     /// Provider cancel calls.
     pub cancel_calls: u64,
+    /// Wall time spent asking the provider for task statuses (ms).
+    pub status_check_ms: u64,
     /// Videos completed.
     pub completed: u64,
     /// Sessions failed (task failed, render timeout, hold timeout).
@@ -281,6 +283,7 @@ async fn check_renders(
             report.stopped_early = true;
             break;
         }
+        let status_started = Instant::now();
         let ids: Vec<String> = chunk
             .iter()
             .filter_map(|s| s.provider_task_id.clone())
@@ -311,6 +314,7 @@ async fn check_renders(
                 .buffer_unordered(sweeper.settings.get_concurrency.max(1))
                 .collect()
                 .await;
+        report.status_check_ms += status_started.elapsed().as_millis() as u64;
         for (id, task) in fetched {
             match task {
                 Some(Ok(task)) => {
