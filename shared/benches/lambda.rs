@@ -155,6 +155,12 @@ const RUNS: usize = 5;
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` builds and starts benchmarks too; they only run under
+    // `cargo bench`, which passes `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run it with cargo bench");
+        return;
+    }
     let world = World::with(|c| c.inflight_cap = 1000).await;
     world.grant("demo-user-0001", 1_000_000, None).await;
     let mock = mock_provider::start(Knobs::default()).await.unwrap();

@@ -29,6 +29,12 @@ const RUNS: usize = 3;
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` builds and starts benchmarks too; they only run under
+    // `cargo bench`, which passes `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run it with cargo bench");
+        return;
+    }
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -37,6 +43,9 @@ async fn main() {
     let mut results = serde_json::Map::new();
     if enabled("four_images") {
         results.insert("four_images".into(), four_images().await);
+    }
+    if enabled("enqueue") {
+        results.insert("enqueue".into(), enqueue().await);
     }
     if enabled("sweeper") {
         results.insert("sweeper".into(), sweeper().await);
@@ -54,6 +63,101 @@ async fn main() {
         "{}",
         serde_json::to_string_pretty(&Value::Object(results)).unwrap()
     );
+}
+
+const ENQUEUES: usize = 300;
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    (samples[rank] * 100.0).round() / 100.0
+}
+
+/// The enqueue's AWS work measured two ways, side by side: the bare requests the design makes
+/// (the reserve transaction and the SendMessage, sent straight to moto), and the whole handler
+/// in process (validation, pricing, the same requests, the response).
+async fn enqueue() -> Value {
+    let world = World::with(|c| c.inflight_cap = 100_000).await;
+    world.grant("bench", 10_000_000, None).await;
+    let mut bare = Vec::with_capacity(ENQUEUES);
+    let mut handler = Vec::with_capacity(ENQUEUES);
+    for i in 0..ENQUEUES {
+        // Bare: the same two requests, built without the handler.
+        let parsed = shared::generation::parse_image(
+            json!({"prompt": format!("bare {i}")})
+                .to_string()
+                .as_bytes(),
+            shared::generation::Limits {
+                max_prompt_chars: 2000,
+            },
+        )
+        .unwrap();
+        let id = shared::keys::new_id();
+        let session = shared::sessions::Session::queued(
+            id.clone(),
+            "bench",
+            id.clone(),
+            parsed.request,
+            shared::clock::now_ms(),
+        );
+        let put = shared::ledger::put_new(world.table(), session.to_item().unwrap()).unwrap();
+        let reservation = shared::ledger::Reservation {
+            user_id: "bench",
+            session_id: &id,
+            amount: session.credits_reserved,
+            model: &session.model,
+            inflight_cap: 100_000,
+        };
+        let message = shared::queue::GenerationMessage {
+            session_id: id.clone(),
+            user_id: "bench".into(),
+            attempt: 0,
+            enqueued_at: 0,
+        };
+        let started = Instant::now();
+        shared::ledger::reserve(world.ddb(), world.table(), &reservation, vec![put])
+            .await
+            .unwrap();
+        shared::queue::send(
+            &world.state.aws.sqs,
+            &world.state.config.queue_url,
+            &message,
+        )
+        .await
+        .unwrap();
+        bare.push(started.elapsed().as_secs_f64() * 1000.0);
+
+        let request = Event::new(IMAGE_ROUTE, user("bench"))
+            .body(json!({"prompt": format!("handler {i}")}).to_string())
+            .build();
+        let started = Instant::now();
+        let response = handle(&world.state, request).await;
+        handler.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(response.status(), 202);
+    }
+    world.calls.reset();
+    let request = Event::new(IMAGE_ROUTE, user("bench"))
+        .body(image_body_for_count())
+        .build();
+    handle(&world.state, request).await;
+    let calls = world.calls.count();
+    let bare50 = percentile(&mut bare, 50.0);
+    let handler50 = percentile(&mut handler, 50.0);
+    println!("enqueue, {ENQUEUES} requests in turn against moto:");
+    println!("  bare AWS requests (reserve transaction + SendMessage)  p50 {bare50:6.2} ms  p95 {:6.2} ms", percentile(&mut bare, 95.0));
+    println!("  enqueue handler in process                            p50 {handler50:6.2} ms  p95 {:6.2} ms", percentile(&mut handler, 95.0));
+    println!("  AWS calls on the happy path: {calls}");
+    json!({
+        "requests": ENQUEUES,
+        "aws_calls": calls,
+        "bare_p50_ms": bare50, "bare_p95_ms": percentile(&mut bare, 95.0), "bare_p99_ms": percentile(&mut bare, 99.0),
+        "handler_p50_ms": handler50, "handler_p95_ms": percentile(&mut handler, 95.0), "handler_p99_ms": percentile(&mut handler, 99.0),
+        "handler_over_bare": ((handler50 / bare50) * 100.0).round() / 100.0,
+    })
+}
+
+fn image_body_for_count() -> String {
+    json!({"prompt": "counted"}).to_string()
 }
 
 fn median(mut samples: Vec<f64>) -> f64 {
