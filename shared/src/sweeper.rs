@@ -654,8 +654,36 @@ async fn expire_lots(
     Ok(())
 }
 
-/// The deadline of an invocation, as an [`Instant`], from the Lambda context's epoch-ms deadline.
+/// The deadline of an invocation, as an [`Instant`], from the Lambda context's deadline: epoch
+/// milliseconds in AWS. `cargo lambda watch` sends the milliseconds left instead (a value no
+/// epoch time since 2001 can have), so such a value is read as a duration.
 pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
-    let left = deadline_ms as i64 - clock::now_ms();
+    const EPOCH_MS_2001: u64 = 1_000_000_000_000;
+    let left = if deadline_ms < EPOCH_MS_2001 {
+        deadline_ms as i64
+    } else {
+        deadline_ms as i64 - clock::now_ms()
+    };
     Instant::now() + Duration::from_millis(left.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_are_read_as_epoch_times_or_as_time_left() {
+        let in_aws = deadline_from_epoch_ms((clock::now_ms() + 30_000) as u64);
+        let left = in_aws - Instant::now();
+        assert!(
+            left > Duration::from_secs(29) && left <= Duration::from_secs(30),
+            "{left:?}"
+        );
+        let local = deadline_from_epoch_ms(600_000) - Instant::now();
+        assert!(local > Duration::from_secs(599), "{local:?}");
+        assert!(
+            deadline_from_epoch_ms(1_700_000_000_000) <= Instant::now(),
+            "a past epoch time is due"
+        );
+    }
 }
