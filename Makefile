@@ -1,7 +1,7 @@
 # The two set-up commands are `make demo` (the whole pipeline locally) and `make test` (every
 # test). Both install what they need into the repo's own .venv first.
 SHELL := bash
-.PHONY: test lint fmt clippy validate build-lambda check-all demo token grant session dlq local-down
+.PHONY: test lint fmt clippy validate build-lambda check-all demo token grant session dlq local-down smoke bench
 
 ## Every test: unit, integration against a private moto server, contract checks.
 test:
@@ -48,3 +48,11 @@ dlq:
 ## Stop the running local stack.
 local-down:
 	@$(LOCAL) down
+
+## The load tool's smoke preset against a private local stack, with thresholds.
+smoke:
+	scripts/smoke.sh
+
+## Every benchmark, then docs/PERFORMANCE.md.
+bench:
+	scripts/bench.sh

@@ -398,7 +398,14 @@ async fn scenario(state: Value, _dir: PathBuf) {
          for an epoch time)",
     )
     .await;
-    assert_eq!(session["outputs"].as_array().unwrap().len(), 1);
+    // The video and its last frame.
+    let types: Vec<&str> = session["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["content_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["video/mp4", "image/png"], "{session}");
     assert_eq!(session["credits_captured"], 6);
 
     let b = balance(&gw, &token).await;
