@@ -566,12 +566,23 @@ async fn finish(
     }
 }
 
-/// Fails a session and releases its hold, in one transaction, exactly once.
+/// Fails a session and releases its hold, in one transaction, exactly once; acknowledges.
 pub async fn fail(
     app: &AppState,
     session: &Session,
     error: SessionError,
 ) -> Result<Outcome, ApiError> {
+    fail_session(app, session, error).await?;
+    Ok(Outcome::Done)
+}
+
+/// Fails a session and releases its hold, in one transaction, exactly once. Returns whether
+/// this call ended it (false when another delivery or run moved the session first).
+pub async fn fail_session(
+    app: &AppState,
+    session: &Session,
+    error: SessionError,
+) -> Result<bool, ApiError> {
     let reason = error.code.clone();
     let values = HashMap::from([
         (":failed".to_owned(), s("failed")),
@@ -581,7 +592,7 @@ pub async fn fail(
         ),
     ]);
     let update = end_session(app, session, "#status = :failed, #error = :error", values)?;
-    match ledger::settle(
+    let settled = ledger::settle(
         &app.aws.dynamodb,
         &app.config.table,
         &session.user_id,
@@ -589,16 +600,18 @@ pub async fn fail(
         0,
         vec![update],
     )
-    .await
-    {
-        Ok(_) => {
-            tracing::info!(%reason, "session failed; credits released");
+    .await;
+    match settled {
+        Ok(Settlement::Settled { .. }) => {
+            tracing::info!(session = %session.session_id, %reason, "session failed; credits released");
             metrics::session_finished("failed", &reason, 0, 0, &Timing::default());
-            Ok(Outcome::Done)
+            Ok(true)
         }
+        Ok(Settlement::AlreadySettled) => Ok(false),
         Err(e) => {
+            // The session's condition failed: another delivery or run ended it first.
             tracing::warn!(error = %e, "session finished elsewhere");
-            Ok(Outcome::Done)
+            Ok(false)
         }
     }
 }

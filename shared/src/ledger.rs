@@ -255,6 +255,26 @@ pub enum ReserveError {
     Failed(ApiError),
 }
 
+impl ReserveError {
+    /// The HTTP error for a refused reserve; a conflict on the caller's own items is the
+    /// caller's to interpret first (idempotent replay, concurrent retry), else it is a 409.
+    pub fn into_api_error(self, reservation: &Reservation<'_>) -> ApiError {
+        match self {
+            Self::Insufficient { available } => ApiError::InsufficientCredits {
+                needed: reservation.amount,
+                available,
+            },
+            Self::TooManyInflight => ApiError::TooManyInflight {
+                cap: reservation.inflight_cap,
+            },
+            Self::ItemConflict { index, .. } => {
+                ApiError::Conflict(format!("item {index} of the reservation changed meanwhile"))
+            }
+            Self::Failed(e) => e,
+        }
+    }
+}
+
 impl From<ApiError> for ReserveError {
     fn from(e: ApiError) -> Self {
         Self::Failed(e)
@@ -880,10 +900,19 @@ pub async fn get_account(
     table: &str,
     user_id: &str,
 ) -> Result<Option<Account>, ApiError> {
+    get_item(ddb, table, account_key(user_id)).await
+}
+
+/// Reads one item (strongly consistent) as `T`.
+pub async fn get_item<T: serde::de::DeserializeOwned>(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: HashMap<String, AttributeValue>,
+) -> Result<Option<T>, ApiError> {
     let output = ddb
         .get_item()
         .table_name(table)
-        .set_key(Some(account_key(user_id)))
+        .set_key(Some(key))
         .consistent_read(true)
         .send()
         .await?;

@@ -224,17 +224,7 @@ pub async fn get(
     if !valid_session_id(session_id) {
         return Ok(None);
     }
-    let output = ddb
-        .get_item()
-        .table_name(table)
-        .set_key(Some(session_key(user_id, session_id)))
-        .consistent_read(true)
-        .send()
-        .await?;
-    Ok(match output.item {
-        Some(item) => Some(serde_dynamo::from_item(item)?),
-        None => None,
-    })
+    crate::ledger::get_item(ddb, table, session_key(user_id, session_id)).await
 }
 
 /// One page of the user's sessions, newest first.

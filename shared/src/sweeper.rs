@@ -483,35 +483,10 @@ async fn end_and_release(
     error: SessionError,
     counters: &Counters,
 ) -> Result<(), ApiError> {
-    let reason = error.code.clone();
-    let values = HashMap::from([
-        (":failed".to_owned(), s("failed")),
-        (
-            ":error".to_owned(),
-            serde_dynamo::to_attribute_value(&error)?,
-        ),
-    ]);
-    let update = end_session(app, session, "#status = :failed, #error = :error", values)?;
-    match ledger::settle(
-        &app.aws.dynamodb,
-        &app.config.table,
-        &session.user_id,
-        &session.session_id,
-        0,
-        vec![update],
-    )
-    .await
-    {
-        Ok(ledger::Settlement::Settled { .. }) => {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-            metrics::session_finished("failed", &reason, 0, 0, &Timing::default());
-            tracing::info!(session = %session.session_id, %reason, "session failed; credits released");
-            Ok(())
-        }
-        Ok(ledger::Settlement::AlreadySettled) => Ok(()),
-        // Its condition failed: another run (or the generator) moved the session first.
-        Err(_) => Ok(()),
+    if crate::generator::fail_session(app, session, error).await? {
+        counters.failed.fetch_add(1, Ordering::Relaxed);
     }
+    Ok(())
 }
 
 async fn redispatch_stuck(

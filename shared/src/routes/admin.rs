@@ -66,18 +66,13 @@ async fn get(state: &AppState, id: &str) -> Result<DeadLetter> {
     if !sessions::valid_session_id(id) {
         return Err(ApiError::NotFound("dead letter"));
     }
-    let item = state
-        .aws
-        .dynamodb
-        .get_item()
-        .table_name(&state.config.table)
-        .set_key(Some(deadletter::record_key(id)))
-        .consistent_read(true)
-        .send()
-        .await?
-        .item
-        .ok_or(ApiError::NotFound("dead letter"))?;
-    Ok(serde_dynamo::from_item(item)?)
+    ledger::get_item(
+        &state.aws.dynamodb,
+        &state.config.table,
+        deadletter::record_key(id),
+    )
+    .await?
+    .ok_or(ApiError::NotFound("dead letter"))
 }
 
 /// Re-reserves the credits and re-enqueues the session as a new attempt (402 if the user can
@@ -146,23 +141,12 @@ async fn retry(state: &AppState, identity: &Identity, id: &str) -> Result<Respon
     ];
     match ledger::reserve(&state.aws.dynamodb, table, &reservation, items).await {
         Ok(()) => {}
-        Err(ReserveError::Insufficient { available }) => {
-            return Err(ApiError::InsufficientCredits {
-                needed: session.credits_reserved,
-                available,
-            })
-        }
-        Err(ReserveError::TooManyInflight) => {
-            return Err(ApiError::TooManyInflight {
-                cap: state.config.inflight_cap,
-            })
-        }
         Err(ReserveError::ItemConflict { .. }) => {
             return Err(ApiError::Conflict(
                 "the dead letter was retried meanwhile".into(),
             ))
         }
-        Err(ReserveError::Failed(e)) => return Err(e),
+        Err(e) => return Err(e.into_api_error(&reservation)),
     }
     let message = GenerationMessage {
         session_id: session_id.clone(),

@@ -123,25 +123,11 @@ pub async fn accept(
     };
     match ledger::reserve(&state.aws.dynamodb, table, &reservation, items).await {
         Ok(()) => {}
-        Err(ReserveError::Insufficient { available }) => {
-            return Err(ApiError::InsufficientCredits {
-                needed: session.credits_reserved,
-                available,
-            })
-        }
-        Err(ReserveError::TooManyInflight) => {
-            return Err(ApiError::TooManyInflight {
-                cap: state.config.inflight_cap,
-            })
-        }
         Err(ReserveError::ItemConflict { index: 1, item }) => {
             let key = idempotency_key.expect("item 1 is the idempotency record");
             return replay(state, user_id, route, key, &fingerprint, item).await;
         }
-        Err(ReserveError::ItemConflict { index, .. }) => {
-            return Err(ApiError::internal(format!("item {index} already existed")))
-        }
-        Err(ReserveError::Failed(e)) => return Err(e),
+        Err(e) => return Err(e.into_api_error(&reservation)),
     }
     let message = GenerationMessage {
         session_id: session_id.clone(),
