@@ -54,11 +54,9 @@ impl Generator {
     pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let app = AppState::from_sdk_config(&sdk)?;
-        let provider_config = provider::ProviderConfig::from_env()?;
-        let key = provider::load_api_key(&sdk).await?;
         Ok(Self {
             app,
-            provider: provider::Client::new(&provider_config, key),
+            provider: provider::Client::from_env(&sdk).await?,
             image_concurrency: crate::config::env_number("IMAGE_CONCURRENCY", 8)?,
             lease_ms: crate::config::env_number("LEASE_MS", 90_000)?,
             first_check_ms: crate::config::env_number("FIRST_CHECK_MS", 15_000)?,

@@ -269,6 +269,13 @@ pub struct Client {
 pub const LIST_PAGE: usize = 500;
 
 impl Client {
+    /// Builds the client from the environment: [`ProviderConfig::from_env`] and the key of
+    /// [`load_api_key`], read once per cold start.
+    pub async fn from_env(shared: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        let config = ProviderConfig::from_env()?;
+        Ok(Self::new(&config, load_api_key(shared).await?))
+    }
+
     /// Builds the client.
     pub fn new(config: &ProviderConfig, api_key: String) -> Self {
         let http = reqwest::Client::builder()

@@ -103,11 +103,9 @@ impl Sweeper {
     pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let app = AppState::from_sdk_config(&sdk)?;
-        let provider_config = provider::ProviderConfig::from_env()?;
-        let key = provider::load_api_key(&sdk).await?;
         Ok(Self {
             app,
-            provider: provider::Client::new(&provider_config, key),
+            provider: provider::Client::from_env(&sdk).await?,
             settings: Settings::from_env()?,
         })
     }
