@@ -61,7 +61,8 @@ pub struct Timing {
     pub provider_ms: i64,
     /// Copying outputs into S3.
     pub transfer_ms: i64,
-    /// Our own DynamoDB calls.
+    /// Our own DynamoDB calls before the finishing transaction (the claim); the finishing
+    /// transaction cannot time itself, and shows in the generator's logs.
     pub database_ms: i64,
     /// From acceptance to the end.
     pub total_ms: i64,
