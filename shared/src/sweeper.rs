@@ -199,7 +199,16 @@ pub async fn sweep(sweeper: &Sweeper, deadline: Instant) -> Report {
             ("LotsExpired", report.lots_expired as f64),
         ],
     );
-    tracing::info!(report = ?report, "sweep finished");
+    let idle = report.tasks_checked == 0
+        && report.redispatched == 0
+        && report.holds_released == 0
+        && report.lots_expired == 0
+        && !report.stopped_early;
+    if idle {
+        tracing::debug!("sweep finished: nothing was due");
+    } else {
+        tracing::info!(report = ?report, "sweep finished");
+    }
     report
 }
 
