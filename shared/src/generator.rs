@@ -276,7 +276,7 @@ async fn run_images(
                 image: &request.reference_images,
             };
             let started = Instant::now();
-            let result = generator.provider.generate_images(&call, 1).await;
+            let result = generator.provider.generate_images(&call).await;
             metrics::provider_call(
                 "images",
                 started.elapsed(),

@@ -291,22 +291,17 @@ impl Client {
         }
     }
 
-    /// Generates images with Seedream; one result per image, in order.
+    /// Asks Seedream for one image (the generator asks for every image of a session at once,
+    /// one call each). The answer lists the image, or why it was withheld.
     pub async fn generate_images(
         &self,
         request: &ImageGeneration<'_>,
-        count: u32,
     ) -> Result<Vec<ImageResult>, ProviderError> {
         let mut body = serde_json::to_value(request).expect("serializable");
         body["response_format"] = json!("url");
         body["watermark"] = json!(false);
         body["stream"] = json!(false);
-        if count > 1 {
-            body["sequential_image_generation"] = json!("auto");
-            body["sequential_image_generation_options"] = json!({"max_images": count});
-        } else {
-            body["sequential_image_generation"] = json!("disabled");
-        }
+        body["sequential_image_generation"] = json!("disabled");
         let answer = self
             .send(
                 self.http

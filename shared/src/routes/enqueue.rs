@@ -87,7 +87,10 @@ pub async fn accept(
     let now = clock::now_ms();
     let session_id = keys::new_id();
     tracing::Span::current().record("session", session_id.as_str());
-    let fingerprint = fingerprint(route, &parsed)?;
+    // Only a request that carries an Idempotency-Key needs its fingerprint.
+    let fingerprint = idempotency_key
+        .map(|_| fingerprint(route, &parsed))
+        .transpose()?;
     let client_key = parsed.client_key.clone().unwrap_or_else(keys::new_id);
     let session = Session::queued(session_id.clone(), user_id, client_key, parsed.request, now);
     let accepted = json!({
@@ -98,7 +101,7 @@ pub async fn accept(
     });
     let table = &state.config.table;
     let mut items = vec![put_new(table, session.to_item()?)?];
-    if let Some(key) = idempotency_key {
+    if let (Some(key), Some(fingerprint)) = (idempotency_key, &fingerprint) {
         items.push(put_new(
             table,
             HashMap::from([
@@ -124,8 +127,10 @@ pub async fn accept(
     match ledger::reserve(&state.aws.dynamodb, table, &reservation, items).await {
         Ok(()) => {}
         Err(ReserveError::ItemConflict { index: 1, item }) => {
-            let key = idempotency_key.expect("item 1 is the idempotency record");
-            return replay(state, user_id, route, key, &fingerprint, item).await;
+            let (Some(key), Some(fingerprint)) = (idempotency_key, &fingerprint) else {
+                return Err(ApiError::internal("item 1 is the idempotency record"));
+            };
+            return replay(state, user_id, route, key, fingerprint, item).await;
         }
         Err(e) => return Err(e.into_api_error(&reservation)),
     }

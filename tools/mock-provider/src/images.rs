@@ -206,19 +206,9 @@ pub(crate) async fn generate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _flight = s.enter(EndpointKind::Images);
-    if let Some(r) = s.auth_error(&headers) {
-        return r;
-    }
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return s.error(
-                "InvalidParameter",
-                Some("The request body is not a valid JSON object.".into()),
-                None,
-            )
-        }
+    let (_flight, body) = match s.admit(EndpointKind::Images, &headers, &body) {
+        Ok(admitted) => admitted,
+        Err(r) => return *r,
     };
     let prompt = body.get("prompt").and_then(Value::as_str).map(String::from);
     let triggers = parse_triggers(prompt.as_deref().unwrap_or(""));

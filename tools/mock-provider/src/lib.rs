@@ -430,6 +430,28 @@ impl Shared {
         resp
     }
 
+    /// What every JSON endpoint does first: count the request in flight, check the key, read
+    /// the body as a JSON object. The returned [`Flight`] must live as long as the handler.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        kind: EndpointKind,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(Flight, Value), Box<Response>> {
+        let flight = self.enter(kind);
+        if let Some(r) = self.auth_error(headers) {
+            return Err(Box::new(r));
+        }
+        match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => Ok((flight, v)),
+            _ => Err(Box::new(self.error(
+                "InvalidParameter",
+                Some("The request body is not a valid JSON object.".into()),
+                None,
+            ))),
+        }
+    }
+
     /// `Some(401 response)` when the bearer key is missing or wrong.
     pub(crate) fn auth_error(&self, headers: &HeaderMap) -> Option<Response> {
         let expected = self.lock().knobs.api_key.clone();

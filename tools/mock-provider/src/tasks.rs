@@ -469,19 +469,9 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _flight = s.enter(EndpointKind::TaskCreate);
-    if let Some(r) = s.auth_error(&headers) {
-        return r;
-    }
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return s.error(
-                "InvalidParameter",
-                Some("The request body is not a valid JSON object.".into()),
-                None,
-            )
-        }
+    let (_flight, body) = match s.admit(EndpointKind::TaskCreate, &headers, &body) {
+        Ok(admitted) => admitted,
+        Err(r) => return *r,
     };
     let text = body
         .get("content")
