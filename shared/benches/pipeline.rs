@@ -92,7 +92,7 @@ async fn enqueue() -> Value {
             },
         )
         .unwrap();
-        let id = shared::keys::new_id();
+        let id = shared::table::keys::new_id();
         let session = shared::sessions::Session::queued(
             id.clone(),
             "bench",
@@ -100,7 +100,7 @@ async fn enqueue() -> Value {
             parsed.request,
             shared::clock::now_ms(),
         );
-        let put = shared::ledger::put_new(world.table(), session.to_item().unwrap()).unwrap();
+        let put = shared::table::put_new(world.table(), session.to_item().unwrap()).unwrap();
         let reservation = shared::ledger::Reservation {
             user_id: "bench",
             session_id: &id,
@@ -112,7 +112,7 @@ async fn enqueue() -> Value {
             session_id: id.clone(),
             user_id: "bench".into(),
             attempt: 0,
-            enqueued_at: 0,
+            enqueued_at_ms: 0,
         };
         let started = Instant::now();
         shared::ledger::reserve(world.ddb(), world.table(), &reservation, vec![put])

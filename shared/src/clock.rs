@@ -1,5 +1,6 @@
 //! Wall-clock helpers: the system stores instants as Unix epoch milliseconds (sessions, ledger)
-//! or seconds (lot expiry, DynamoDB TTL).
+//! or seconds (lot expiry, DynamoDB TTL); fields and variables say which in their name
+//! (`_ms`, `_secs`), and the conversions between the two live here.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,12 +14,22 @@ pub fn now_ms() -> i64 {
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
-    now_ms() / 1000
+    ms_to_secs(now_ms())
+}
+
+/// An instant in epoch seconds as epoch milliseconds.
+pub fn secs_to_ms(secs: i64) -> i64 {
+    secs * 1000
+}
+
+/// An instant in epoch milliseconds as epoch seconds (rounded down).
+pub fn ms_to_secs(ms: i64) -> i64 {
+    ms.div_euclid(1000)
 }
 
 /// The UTC calendar day (`YYYY-MM-DD`) of an instant in epoch milliseconds.
 pub fn day_of(ms: i64) -> String {
-    let date = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+    let date = time::OffsetDateTime::from_unix_timestamp(ms_to_secs(ms))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .date();
     format!(
@@ -33,7 +44,7 @@ pub fn day_of(ms: i64) -> String {
 pub fn parse_day(day: &str) -> Option<i64> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let date = time::Date::parse(day, &format).ok()?;
-    Some(date.midnight().assume_utc().unix_timestamp() * 1000)
+    Some(secs_to_ms(date.midnight().assume_utc().unix_timestamp()))
 }
 
 #[cfg(test)]

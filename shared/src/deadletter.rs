@@ -1,28 +1,24 @@
 //! Dead letters: messages that failed every delivery land in the DLQ, whose consumer records
 //! each one in DynamoDB (partition `DLQ`, newest first), releases the session's hold and marks
 //! it failed (`dead_lettered`), then lets the message go. Admins list, retry, delete and purge
-//! the records through the api function.
-
-use std::collections::HashMap;
+//! the records through the admin routes ([`crate::routes::admin`]).
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
-use crate::generator::{self, run_batch, Outcome};
-use crate::ledger::s;
+use crate::batch::{run_batch, Outcome};
+use crate::fault::{Context, Result};
 use crate::queue::GenerationMessage;
-use crate::sessions::{self, SessionError};
+use crate::sessions::transitions::{self, DEAD_LETTERED};
+use crate::sessions::{self, Session, SessionError};
+use crate::table::{self, Item};
 use crate::{clock, AppState};
 
 /// Partition of dead-letter records.
 pub const DLQ_PK: &str = "DLQ";
 /// Sort key prefix of dead-letter records.
 pub const DLQ_PREFIX: &str = "DLQ#";
-/// Session error code of a dead-lettered session.
-pub const DEAD_LETTERED: &str = "dead_lettered";
 
 /// A recorded dead letter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,12 +38,18 @@ pub struct DeadLetter {
     /// Deliveries made before it was dead-lettered.
     pub receive_count: u32,
     /// First failed delivery (epoch ms).
-    pub first_failure_at: i64,
+    #[serde(rename = "first_failure_at")]
+    pub first_failure_at_ms: i64,
     /// Last failed delivery (epoch ms).
-    pub last_failure_at: i64,
+    #[serde(rename = "last_failure_at")]
+    pub last_failure_at_ms: i64,
     /// When an admin last retried it (epoch ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retried_at: Option<i64>,
+    #[serde(
+        default,
+        rename = "retried_at",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retried_at_ms: Option<i64>,
 }
 
 /// A dead letter's id: a ULID whose time is the message's first send and whose randomness
@@ -60,11 +62,8 @@ pub fn dead_letter_id(message_id: &str, sent_ms: u64) -> String {
 }
 
 /// Key of a dead-letter record.
-pub fn record_key(id: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_owned(), s(DLQ_PK)),
-        ("sk".to_owned(), s(format!("{DLQ_PREFIX}{id}"))),
-    ])
+pub fn record_key(id: &str) -> Item {
+    table::key(DLQ_PK, format!("{DLQ_PREFIX}{id}"))
 }
 
 /// Handles a batch from the DLQ.
@@ -74,7 +73,7 @@ pub async fn handle_batch(app: AppState, event: SqsEvent) -> SqsBatchResponse {
         async move {
             match record_dead_letter(&app, &record).await {
                 Ok(()) => Outcome::Done,
-                Err(e) => Outcome::Retry(e.to_string()),
+                Err(e) => Outcome::Retry(e.chain()),
             }
         }
     })
@@ -82,17 +81,8 @@ pub async fn handle_batch(app: AppState, event: SqsEvent) -> SqsBatchResponse {
 }
 
 /// Records one dead letter, releases its session's hold and fails the session.
-pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<(), ApiError> {
-    let message_id = record.message_id.clone().unwrap_or_default();
+pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<()> {
     let body = record.body.clone().unwrap_or_default();
-    let attribute = |name: &str| {
-        record
-            .attributes
-            .get(name)
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let now = clock::now_ms();
-    let sent = attribute("SentTimestamp").unwrap_or(now as u64);
     let message: Option<GenerationMessage> = serde_json::from_str(&body).ok();
     let session = match &message {
         Some(m) => {
@@ -106,34 +96,8 @@ pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<(
         }
         None => None,
     };
-    let letter = DeadLetter {
-        dead_letter_id: dead_letter_id(&message_id, sent),
-        message_id,
-        session_id: message.as_ref().map(|m| m.session_id.clone()),
-        user_id: message.as_ref().map(|m| m.user_id.clone()),
-        body,
-        last_error: session
-            .as_ref()
-            .and_then(|s| s.last_error.clone())
-            .or_else(|| {
-                message
-                    .is_none()
-                    .then(|| "the message body is not a generation message".into())
-            }),
-        // The session counts its deliveries; the DLQ's own receive count may or may not
-        // include the receives before the redrive, so it is only the fallback.
-        receive_count: session
-            .as_ref()
-            .map(|s| s.attempt)
-            .unwrap_or_else(|| attribute("ApproximateReceiveCount").unwrap_or(0) as u32),
-        first_failure_at: session
-            .as_ref()
-            .and_then(|s| s.first_failed_at)
-            .unwrap_or(now),
-        last_failure_at: session.as_ref().map(|s| s.updated_at).unwrap_or(now),
-        retried_at: None,
-    };
-    let mut item: HashMap<String, AttributeValue> = serde_dynamo::to_item(&letter)?;
+    let letter = dead_letter(record, message.as_ref(), session.as_ref());
+    let mut item: Item = serde_dynamo::to_item(&letter)?;
     item.extend(record_key(&letter.dead_letter_id));
     let put = app
         .aws
@@ -144,21 +108,62 @@ pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<(
         .condition_expression("attribute_not_exists(pk)")
         .send()
         .await;
-    if let Err(e) = put {
+    match put {
         // Already recorded by an earlier delivery of this dead letter: go on to the release.
-        if !matches!(e.as_service_error(), Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(_))) {
-            return Err(ApiError::internal(format!("{e:?}")));
+        Err(e) if !table::is_conditional_check_failed(&e) => {
+            return Err(e).context("record the dead letter")
         }
+        _ => {}
     }
     tracing::warn!(dead_letter = %letter.dead_letter_id, session = ?letter.session_id, error = ?letter.last_error, "dead letter recorded");
     if let Some(session) = session.filter(|s| !s.status.is_final()) {
         let error = SessionError {
             code: DEAD_LETTERED.into(),
-            message: "The generation failed repeatedly and was set aside for review. No credits were charged.".into(),
+            message: "The generation failed repeatedly and was set aside for review. \
+                      No credits were charged."
+                .into(),
         };
-        generator::fail(app, &session, error).await?;
+        transitions::fail_with_release(&app.aws.dynamodb, &app.config.table, &session, error)
+            .await?;
     }
     Ok(())
+}
+
+/// The record of a dead letter, from the message and, when it names one, its session.
+fn dead_letter(
+    record: &SqsMessage,
+    message: Option<&GenerationMessage>,
+    session: Option<&Session>,
+) -> DeadLetter {
+    let message_id = record.message_id.clone().unwrap_or_default();
+    let attribute = |name: &str| {
+        record
+            .attributes
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let now = clock::now_ms();
+    let sent = attribute("SentTimestamp").unwrap_or(now as u64);
+    DeadLetter {
+        dead_letter_id: dead_letter_id(&message_id, sent),
+        message_id,
+        session_id: message.map(|m| m.session_id.clone()),
+        user_id: message.map(|m| m.user_id.clone()),
+        body: record.body.clone().unwrap_or_default(),
+        last_error: session.and_then(|s| s.last_error.clone()).or_else(|| {
+            message
+                .is_none()
+                .then(|| "the message body is not a generation message".into())
+        }),
+        // The session counts its deliveries; the DLQ's own receive count may or may not
+        // include the receives before the redrive, so it is only the fallback.
+        receive_count: session
+            .map(|s| s.attempt)
+            .unwrap_or_else(|| attribute("ApproximateReceiveCount").unwrap_or(0) as u32),
+        first_failure_at_ms: session.and_then(|s| s.first_failed_at_ms).unwrap_or(now),
+        last_failure_at_ms: session.map(|s| s.updated_at_ms).unwrap_or(now),
+        retried_at_ms: None,
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
-//! The one error type of the HTTP layer. Each variant knows its status code and its
-//! machine-readable code; internal errors are logged with their cause and answered with a
-//! generic message, so nothing about our internals leaks to the caller.
+//! The error type of the HTTP edge. Each variant knows its status code and its
+//! machine-readable code (the contract of `openapi.yaml`); our own faults ([`Fault`]) are logged
+//! with their whole cause chain and answered with a generic message, so nothing about our
+//! internals leaks to the caller. [`json_body`] is the one way a handler reads a JSON body.
 
 use lambda_http::{Body, Response};
 use serde_json::json;
 
+use crate::fault::Fault;
+
 /// Result of a handler step.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// An error with its place in the HTTP contract (DESIGN.md section 3).
+/// An error with its place in the HTTP contract.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Invalid input (400); `code` says which rule was broken.
@@ -50,7 +53,7 @@ pub enum ApiError {
     },
     /// Our own fault (500); the cause is logged, never returned.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[from] Fault),
 }
 
 impl ApiError {
@@ -64,7 +67,7 @@ impl ApiError {
 
     /// An internal error from any displayable cause.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        Self::Internal(cause.to_string())
+        Self::Internal(Fault::new(cause.to_string()))
     }
 
     /// The HTTP status code.
@@ -101,7 +104,7 @@ impl ApiError {
     pub fn into_response(self) -> Response<Body> {
         let message = match &self {
             Self::Internal(cause) => {
-                tracing::error!(error = %cause, "internal error");
+                tracing::error!(error = %cause.chain(), "internal error");
                 "something went wrong on our side; nothing was charged".to_owned()
             }
             other => other.to_string(),
@@ -113,30 +116,45 @@ impl ApiError {
     }
 }
 
-macro_rules! internal_from {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for ApiError {
-            fn from(e: $t) -> Self {
-                Self::Internal(format!("{e:?}"))
-            }
-        }
-    )*};
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Internal(e.into())
+    }
 }
 
-internal_from!(
-    serde_json::Error,
-    serde_dynamo::Error,
-    aws_sdk_dynamodb::Error,
-    aws_sdk_sqs::Error,
-    aws_sdk_s3::Error,
-);
-
-impl<E: std::fmt::Debug, R: std::fmt::Debug> From<aws_sdk_dynamodb::error::SdkError<E, R>>
-    for ApiError
+impl<E, R> From<aws_sdk_dynamodb::error::SdkError<E, R>> for ApiError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     fn from(e: aws_sdk_dynamodb::error::SdkError<E, R>) -> Self {
-        Self::Internal(format!("{e:?}"))
+        Self::Internal(e.into())
     }
+}
+
+/// Parses a JSON request body into `T`, with one validation code per kind of mistake:
+/// `invalid_json` (not JSON, or empty), `unknown_field`, `missing_field`, `invalid_field`.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let text = e.to_string();
+        let code = match e.classify() {
+            serde_json::error::Category::Data if text.starts_with("unknown field") => {
+                "unknown_field"
+            }
+            serde_json::error::Category::Data if text.starts_with("missing field") => {
+                "missing_field"
+            }
+            serde_json::error::Category::Data => "invalid_field",
+            _ => "invalid_json",
+        };
+        ApiError::invalid(code, text)
+    })
 }
 
 /// A JSON response with the given status.

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{json_body, ApiError};
 use crate::pricing::{self, Resolution, SizeClass};
 
 /// Seedream models a user may pick.
@@ -179,7 +179,7 @@ pub struct Parsed {
 
 /// Parses and validates a Seedream request body.
 pub fn parse_image(body: &[u8], limits: Limits) -> Result<Parsed, ApiError> {
-    let raw: ImageBody = parse_json(body)?;
+    let raw: ImageBody = json_body(body)?;
     let prompt = prompt(&raw.prompt, limits)?;
     let model = match raw.model.as_deref() {
         None | Some("seedream-4.0") => ImageModel::Seedream40,
@@ -233,7 +233,7 @@ pub fn parse_image(body: &[u8], limits: Limits) -> Result<Parsed, ApiError> {
 
 /// Parses and validates a Seedance request body.
 pub fn parse_video(body: &[u8], limits: Limits) -> Result<Parsed, ApiError> {
-    let raw: VideoBody = parse_json(body)?;
+    let raw: VideoBody = json_body(body)?;
     let prompt = prompt(&raw.prompt, limits)?;
     if carries_flags(&prompt) {
         return Err(ApiError::invalid(
@@ -289,29 +289,6 @@ pub fn parse_video(body: &[u8], limits: Limits) -> Result<Parsed, ApiError> {
             model,
         }),
         client_key: client_key(raw.client_key)?,
-    })
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let text = e.to_string();
-        let code = match e.classify() {
-            serde_json::error::Category::Data if text.starts_with("unknown field") => {
-                "unknown_field"
-            }
-            serde_json::error::Category::Data if text.starts_with("missing field") => {
-                "missing_field"
-            }
-            serde_json::error::Category::Data => "invalid_field",
-            _ => "invalid_json",
-        };
-        ApiError::invalid(code, text)
     })
 }
 

@@ -1,38 +1,39 @@
 //! Domain and adapters of the generation backend.
 //!
 //! The functions under `functions/` are thin entry points: each builds an [`AppState`] once per
-//! cold start and hands every event to a handler in [`routes`]. Everything else lives here, one
-//! concept per module:
+//! cold start and hands every event to a handler here. Everything else lives in this crate, one
+//! concept per module, and dependencies point one way, down this list:
 //!
-//! - [`config`]: typed configuration, read once from the environment.
-//! - [`aws`]: AWS SDK clients, built once and honouring `AWS_ENDPOINT_URL`.
-//! - [`auth`]: the caller's identity, taken from the API Gateway JWT authorizer claims.
-//! - [`error`]: the one error type and its mapping to the HTTP error contract.
-//! - [`pricing`]: credits per image and per video second.
-//! - [`generation`]: validated generation requests (the edge of the system).
-//! - [`ledger`]: the credit ledger on DynamoDB: lots, holds, capture, release, expiry.
-//! - [`sessions`]: generation sessions and their life cycle.
-//! - [`provider`]: the Seedream / Seedance client and its error classification.
-//! - [`storage`]: outputs copied into the private S3 bucket.
-//! - [`generator`]: the SQS consumer that runs generations.
-//! - [`deadletter`]: the DLQ consumer and the dead-letter records admins work with.
-//! - [`sweeper`]: the scheduled repair of renders, stuck sessions, stale holds and lots.
-//! - [`queue`]: the SQS generation queue.
-//! - [`pagination`]: opaque cursors over DynamoDB queries.
-//! - [`telemetry`]: structured JSON logs.
+//! - Foundations: [`config`] (typed configuration, read once), [`aws`] (SDK clients honouring
+//!   `AWS_ENDPOINT_URL`), [`clock`] (instants and their units), [`fault`] (our own failures,
+//!   with their cause chain), [`telemetry`] (JSON logs and EMF metrics).
+//! - The edge: [`auth`] (identity from the JWT authorizer's claims), [`error`] (the HTTP error
+//!   contract), [`pricing`], [`generation`] (validated generation requests).
+//! - Adapters: [`provider`] (the Seedream / Seedance client), [`storage`] (outputs in S3),
+//!   [`queue`] (the SQS generation queue), [`table`] (DynamoDB plumbing that belongs to no item:
+//!   attribute values, transactions, key layout, cursors).
+//! - Items, each written only by its own module: [`ledger`] (accounts, lots, holds and the
+//!   entries that record every change), [`sessions`] (generation sessions; every status change
+//!   is a named transition in [`sessions::transitions`]).
+//! - Orchestration, which only calls the item modules: [`batch`] (the SQS batch runner),
+//!   [`generator`], [`sweeper`], [`deadletter`].
 //! - [`routes`]: the HTTP handlers of the `enqueue` and `api` functions.
+//!
+//! Why this shape: every status change and every balance change has exactly one home, so a
+//! rule about it (a condition, a limit, a crash repair) is written once; `fault` is separate
+//! from `error` because workers have no HTTP answer to give, only a cause to log.
 
 pub mod auth;
 pub mod aws;
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod deadletter;
 pub mod error;
+pub mod fault;
 pub mod generation;
 pub mod generator;
-pub mod keys;
 pub mod ledger;
-pub mod pagination;
 pub mod pricing;
 pub mod provider;
 pub mod queue;
@@ -40,6 +41,7 @@ pub mod routes;
 pub mod sessions;
 pub mod storage;
 pub mod sweeper;
+pub mod table;
 pub mod telemetry;
 
 pub use error::{ApiError, Result};

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::fault::{Context, Result};
 
 /// The body of a generation message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,7 +16,8 @@ pub struct GenerationMessage {
     /// Dispatch attempt (0 for the first, more for re-dispatches and admin retries).
     pub attempt: u32,
     /// When it was sent (epoch ms).
-    pub enqueued_at: i64,
+    #[serde(rename = "enqueued_at")]
+    pub enqueued_at_ms: i64,
 }
 
 /// Sends one generation message.
@@ -24,12 +25,12 @@ pub async fn send(
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
     message: &GenerationMessage,
-) -> Result<(), ApiError> {
+) -> Result<()> {
     sqs.send_message()
         .queue_url(queue_url)
         .message_body(serde_json::to_string(message)?)
         .send()
         .await
-        .map_err(|e| ApiError::internal(format!("{e:?}")))?;
+        .context("send the generation message")?;
     Ok(())
 }

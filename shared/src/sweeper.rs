@@ -18,16 +18,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures::StreamExt;
 
-use crate::error::ApiError;
-use crate::generator::end_session;
-use crate::ledger::{self, n, s};
+use crate::fault::{Context, Fault, Result};
+use crate::ledger;
 use crate::provider::{self, Task};
 use crate::queue::GenerationMessage;
+use crate::sessions::transitions::{self, Completion};
 use crate::sessions::{self, Output, Session, SessionError, Status, Timing};
+use crate::table::{number, string, Item};
 use crate::telemetry::metrics;
 use crate::{clock, storage, AppState};
 
@@ -71,7 +71,7 @@ impl Default for Settings {
 
 impl Settings {
     /// Reads the settings from the environment (defaults where unset).
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
+    pub fn from_env() -> std::result::Result<Self, crate::config::ConfigError> {
         use crate::config::env_number;
         let d = Self::default();
         Ok(Self {
@@ -100,7 +100,7 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// Reads the configuration and the provider key, and builds every client.
-    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
+    pub async fn from_env() -> std::result::Result<Self, crate::config::ConfigError> {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let app = AppState::from_sdk_config(&sdk)?;
         Ok(Self {
@@ -149,6 +149,7 @@ impl Report {
     }
 }
 
+/// What the concurrent settles of one step did, added to the [`Report`] at the end.
 #[derive(Default)]
 struct Counters {
     checked: AtomicU64,
@@ -157,6 +158,19 @@ struct Counters {
     rendering: AtomicU64,
     cancels: AtomicU64,
     skipped: AtomicU64,
+}
+
+impl Counters {
+    fn add_to(self, report: &mut Report) {
+        report.tasks_checked += self.checked.into_inner();
+        report.completed += self.completed.into_inner();
+        report.failed += self.failed.into_inner();
+        report.still_rendering += self.rendering.into_inner();
+        report.cancel_calls += self.cancels.into_inner();
+        if self.skipped.into_inner() > 0 {
+            report.stopped_early = true;
+        }
+    }
 }
 
 /// One run of the sweeper; no new step starts past `deadline` less the safety margin.
@@ -183,7 +197,7 @@ pub async fn sweep(sweeper: &Sweeper, deadline: Instant) -> Report {
             Step::Lots => expire_lots(sweeper, stop_at, &mut report).await,
         };
         if let Err(e) = result {
-            tracing::error!(step = name, error = %e, "sweeper step failed; the next run retries it");
+            tracing::error!(step = name, error = %e.chain(), "sweeper step failed; the next run retries it");
         }
     }
     metrics::counters(
@@ -228,11 +242,11 @@ async fn due_sessions(
     until: i64,
     limit: i32,
     only: Option<Status>,
-) -> Result<Vec<Session>, ApiError> {
+) -> Result<Vec<Session>> {
     let (pk_name, pk_value) = pk;
     let sk_name = if index == "due" { "due_at" } else { "open_at" };
     let mut sessions = Vec::new();
-    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    let mut start: Option<Item> = None;
     loop {
         let mut query = app
             .aws
@@ -241,8 +255,8 @@ async fn due_sessions(
             .table_name(&app.config.table)
             .index_name(index)
             .key_condition_expression(format!("{pk_name} = :pk AND {sk_name} <= :until"))
-            .expression_attribute_values(":pk", s(pk_value))
-            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":pk", string(pk_value))
+            .expression_attribute_values(":until", number(until))
             .set_exclusive_start_key(start)
             .limit(limit.min(1000));
         if let Some(status) = only {
@@ -265,14 +279,9 @@ async fn due_sessions(
     }
 }
 
-async fn check_renders(
-    sweeper: &Sweeper,
-    stop_at: Instant,
-    report: &mut Report,
-) -> Result<(), ApiError> {
-    let app = &sweeper.app;
+async fn check_renders(sweeper: &Sweeper, stop_at: Instant, report: &mut Report) -> Result<()> {
     let due = due_sessions(
-        app,
+        &sweeper.app,
         "due",
         ("due_pk", sessions::DUE_PK),
         clock::now_ms(),
@@ -290,52 +299,7 @@ async fn check_renders(
             report.stopped_early = true;
             break;
         }
-        let status_started = Instant::now();
-        let ids: Vec<String> = chunk
-            .iter()
-            .filter_map(|s| s.provider_task_id.clone())
-            .collect();
-        let mut tasks: HashMap<String, Task> = HashMap::new();
-        report.list_calls += 1;
-        match sweeper.provider.list_tasks(&ids).await {
-            Ok(listed) => tasks.extend(listed.into_iter().map(|t| (t.id.clone(), t))),
-            Err(e) => tracing::warn!(error = %e, "task list failed; falling back to GETs"),
-        }
-        // Tasks the list did not answer for (or all, when it failed): bounded parallel GETs.
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|id| !tasks.contains_key(*id))
-            .cloned()
-            .collect();
-        report.get_calls += missing.len() as u64;
-        let fetched: Vec<(String, Option<Result<Task, provider::ProviderError>>)> =
-            futures::stream::iter(missing)
-                .map(|id| async move {
-                    // Past the deadline no new call starts: the task waits for the next run.
-                    if Instant::now() >= stop_at {
-                        return (id, None);
-                    }
-                    let task = sweeper.provider.get_task(&id).await;
-                    (id, Some(task))
-                })
-                .buffer_unordered(sweeper.settings.get_concurrency.max(1))
-                .collect()
-                .await;
-        report.status_check_ms += status_started.elapsed().as_millis() as u64;
-        for (id, task) in fetched {
-            match task {
-                Some(Ok(task)) => {
-                    tasks.insert(id, task);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(task = %id, error = %e, "task status unavailable; next run")
-                }
-                None => {
-                    report.get_calls -= 1;
-                    report.stopped_early = true;
-                }
-            }
-        }
+        let tasks = task_statuses(sweeper, chunk, stop_at, report).await;
         futures::stream::iter(chunk)
             .for_each_concurrent(sweeper.settings.settle_concurrency.max(1), |session| {
                 let task = session.provider_task_id.as_ref().and_then(|id| tasks.get(id));
@@ -348,140 +312,187 @@ async fn check_renders(
                     }
                     counters.checked.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = settle_render(sweeper, session, task, counters).await {
-                        tracing::warn!(session = %session.session_id, error = %e, "render step failed; next run");
+                        tracing::warn!(session = %session.session_id, error = %e.chain(), "render step failed; next run");
                     }
                 }
             })
             .await;
     }
-    report.tasks_checked += counters.checked.into_inner();
-    report.completed += counters.completed.into_inner();
-    report.failed += counters.failed.into_inner();
-    report.still_rendering += counters.rendering.into_inner();
-    report.cancel_calls += counters.cancels.into_inner();
-    if counters.skipped.into_inner() > 0 {
-        report.stopped_early = true;
-    }
+    counters.add_to(report);
     Ok(())
 }
 
+/// The provider's view of the tasks of `sessions`: one list call, then bounded parallel GETs
+/// for the tasks it did not answer for (all of them, when it failed). Past `stop_at` no new
+/// call starts: those tasks wait for the next run.
+async fn task_statuses(
+    sweeper: &Sweeper,
+    sessions: &[Session],
+    stop_at: Instant,
+    report: &mut Report,
+) -> HashMap<String, Task> {
+    let status_started = Instant::now();
+    let ids: Vec<String> = sessions
+        .iter()
+        .filter_map(|s| s.provider_task_id.clone())
+        .collect();
+    let mut tasks: HashMap<String, Task> = HashMap::new();
+    report.list_calls += 1;
+    match sweeper.provider.list_tasks(&ids).await {
+        Ok(listed) => tasks.extend(listed.into_iter().map(|t| (t.id.clone(), t))),
+        Err(e) => tracing::warn!(error = %e, "task list failed; falling back to GETs"),
+    }
+    let missing: Vec<String> = ids
+        .iter()
+        .filter(|id| !tasks.contains_key(*id))
+        .cloned()
+        .collect();
+    report.get_calls += missing.len() as u64;
+    let fetched: Vec<(
+        String,
+        Option<std::result::Result<Task, provider::ProviderError>>,
+    )> = futures::stream::iter(missing)
+        .map(|id| async move {
+            if Instant::now() >= stop_at {
+                return (id, None);
+            }
+            let task = sweeper.provider.get_task(&id).await;
+            (id, Some(task))
+        })
+        .buffer_unordered(sweeper.settings.get_concurrency.max(1))
+        .collect()
+        .await;
+    report.status_check_ms += status_started.elapsed().as_millis() as u64;
+    for (id, task) in fetched {
+        match task {
+            Some(Ok(task)) => {
+                tasks.insert(id, task);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(task = %id, error = %e, "task status unavailable; next run")
+            }
+            None => {
+                report.get_calls -= 1;
+                report.stopped_early = true;
+            }
+        }
+    }
+    tasks
+}
+
+/// Acts on one task's status: completes, fails, cancels or checks again later.
 async fn settle_render(
     sweeper: &Sweeper,
     session: &Session,
     task: &Task,
     counters: &Counters,
-) -> Result<(), ApiError> {
-    let app = &sweeper.app;
+) -> Result<()> {
     match task.status.as_str() {
-        "succeeded" => {
-            let content = task
-                .content
-                .clone()
-                .ok_or_else(|| ApiError::internal("succeeded task without content"))?;
-            let video = content
-                .video_url
-                .ok_or_else(|| ApiError::internal("succeeded task without video"))?;
-            let started = Instant::now();
-            let mut outputs: Vec<Output> =
-                vec![
-                    storage::copy_url(app, &sweeper.provider, session, 0, &video)
-                        .await
-                        .map_err(ApiError::internal)?,
-                ];
-            if let Some(frame) = content.last_frame_url {
-                match storage::copy_url(app, &sweeper.provider, session, 1, &frame).await {
-                    Ok(output) => outputs.push(output),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "last frame unavailable; the video alone is delivered")
-                    }
-                }
-            }
-            let timing = Timing {
-                queue_wait_ms: session.claimed_at.unwrap_or(session.created_at)
-                    - session.created_at,
-                provider_ms: clock::now_ms() - session.claimed_at.unwrap_or(session.created_at),
-                transfer_ms: started.elapsed().as_millis() as i64,
-                database_ms: 0,
-                total_ms: clock::now_ms() - session.created_at,
-            };
-            let values = HashMap::from([
-                (":completed".to_owned(), s("completed")),
-                (
-                    ":outputs".to_owned(),
-                    serde_dynamo::to_attribute_value(&outputs)?,
-                ),
-                (
-                    ":timing".to_owned(),
-                    serde_dynamo::to_attribute_value(&timing)?,
-                ),
-                (":captured".to_owned(), n(session.credits_reserved)),
-            ]);
-            let update = end_session(app, session, "#status = :completed, outputs = :outputs, #timing = :timing, credits_captured = :captured", values)?;
-            let settled = ledger::settle(
-                &app.aws.dynamodb,
-                &app.config.table,
-                &session.user_id,
-                &session.session_id,
-                session.credits_reserved,
-                vec![update],
-            )
-            .await;
-            if matches!(settled, Ok(ledger::Settlement::Settled { .. })) {
-                counters.completed.fetch_add(1, Ordering::Relaxed);
-                metrics::session_finished(
-                    "completed",
-                    "none",
-                    outputs.len(),
-                    session.credits_reserved,
-                    &timing,
-                );
-            }
-            Ok(())
-        }
+        "succeeded" => complete_render(sweeper, session, task, counters).await,
         "failed" | "cancelled" | "expired" => {
             let error = match &task.error {
-                Some(e) if provider::is_content_policy(&e.code) => SessionError { code: "content_policy".into(), message: "The video was refused by the provider's content policy. No credits were charged.".into() },
-                _ => SessionError { code: format!("render_{}", task.status), message: format!("The video render {}. No credits were charged.", task.status) },
+                Some(e) if provider::is_content_policy(&e.code) => SessionError {
+                    code: "content_policy".into(),
+                    message: "The video was refused by the provider's content policy. \
+                              No credits were charged."
+                        .into(),
+                },
+                _ => SessionError {
+                    code: format!("render_{}", task.status),
+                    message: format!("The video render {}. No credits were charged.", task.status),
+                },
             };
-            end_and_release(app, session, error, counters).await
+            end_and_release(&sweeper.app, session, error, counters).await
         }
-        _ => {
-            let running_for = clock::now_ms() - session.claimed_at.unwrap_or(session.created_at);
-            if running_for > sweeper.settings.max_render_ms {
-                counters.cancels.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = sweeper.provider.delete_task(&task.id).await {
-                    tracing::warn!(error = %e, "could not cancel the task (running tasks cannot be); refunding anyway");
-                }
-                let error = SessionError { code: "render_timeout".into(), message: "The video took too long to render and was cancelled. No credits were charged.".into() };
-                return end_and_release(app, session, error, counters).await;
+        _ => still_rendering(sweeper, session, task, counters).await,
+    }
+}
+
+/// Copies a finished video (and its last frame, when there is one) into S3, then completes
+/// the session and captures its credits.
+async fn complete_render(
+    sweeper: &Sweeper,
+    session: &Session,
+    task: &Task,
+    counters: &Counters,
+) -> Result<()> {
+    let app = &sweeper.app;
+    let content = task
+        .content
+        .clone()
+        .ok_or_else(|| Fault::new("succeeded task without content"))?;
+    let video = content
+        .video_url
+        .ok_or_else(|| Fault::new("succeeded task without video"))?;
+    let started = Instant::now();
+    let mut outputs: Vec<Output> =
+        vec![
+            storage::copy_url(app, &sweeper.provider, session, 0, &video)
+                .await
+                .context("copy the video")?,
+        ];
+    if let Some(frame) = content.last_frame_url {
+        match storage::copy_url(app, &sweeper.provider, session, 1, &frame).await {
+            Ok(output) => outputs.push(output),
+            Err(e) => {
+                tracing::warn!(error = %e, "last frame unavailable; the video alone is delivered")
             }
-            // Still rendering: check again later, backing off.
-            let (first, longest) = sweeper.settings.check_backoff_ms;
-            let delay = (first << session.checks.min(6)).min(longest);
-            let result = app
-                .aws
-                .dynamodb
-                .update_item()
-                .table_name(&app.config.table)
-                .set_key(Some(sessions::session_key(
-                    &session.user_id,
-                    &session.session_id,
-                )))
-                .update_expression("SET due_at = :next ADD checks :one")
-                .condition_expression("#status = :rendering AND due_at = :seen")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":rendering", s("rendering"))
-                .expression_attribute_values(":next", n(clock::now_ms() + delay))
-                .expression_attribute_values(":seen", n(session.due_at.unwrap_or_default()))
-                .expression_attribute_values(":one", n(1))
-                .send()
-                .await;
-            if result.is_ok() {
-                counters.rendering.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
         }
     }
+    let claimed_at_ms = session.claimed_at_ms.unwrap_or(session.created_at_ms);
+    let timing = Timing {
+        queue_wait_ms: claimed_at_ms - session.created_at_ms,
+        provider_ms: clock::now_ms() - claimed_at_ms,
+        transfer_ms: started.elapsed().as_millis() as i64,
+        database_ms: 0,
+        total_ms: clock::now_ms() - session.created_at_ms,
+    };
+    let completion = Completion {
+        captured: session.credits_reserved,
+        outputs,
+        note: None,
+        timing,
+    };
+    if transitions::complete_with_capture(&app.aws.dynamodb, &app.config.table, session, completion)
+        .await?
+    {
+        counters.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// A task still queued or running: cancelled past the longest render time, else checked again
+/// later, backing off.
+async fn still_rendering(
+    sweeper: &Sweeper,
+    session: &Session,
+    task: &Task,
+    counters: &Counters,
+) -> Result<()> {
+    let app = &sweeper.app;
+    let running_for = clock::now_ms() - session.claimed_at_ms.unwrap_or(session.created_at_ms);
+    if running_for > sweeper.settings.max_render_ms {
+        counters.cancels.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = sweeper.provider.delete_task(&task.id).await {
+            tracing::warn!(error = %e, "could not cancel the task (running tasks cannot be); refunding anyway");
+        }
+        let error = SessionError {
+            code: "render_timeout".into(),
+            message: "The video took too long to render and was cancelled. \
+                      No credits were charged."
+                .into(),
+        };
+        return end_and_release(app, session, error, counters).await;
+    }
+    let (first, longest) = sweeper.settings.check_backoff_ms;
+    let delay = (first << session.checks.min(6)).min(longest);
+    let next_at_ms = clock::now_ms() + delay;
+    if transitions::schedule_next_check(&app.aws.dynamodb, &app.config.table, session, next_at_ms)
+        .await?
+    {
+        counters.rendering.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 async fn end_and_release(
@@ -489,18 +500,14 @@ async fn end_and_release(
     session: &Session,
     error: SessionError,
     counters: &Counters,
-) -> Result<(), ApiError> {
-    if crate::generator::fail_session(app, session, error).await? {
+) -> Result<()> {
+    if transitions::fail_with_release(&app.aws.dynamodb, &app.config.table, session, error).await? {
         counters.failed.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
 
-async fn redispatch_stuck(
-    sweeper: &Sweeper,
-    stop_at: Instant,
-    report: &mut Report,
-) -> Result<(), ApiError> {
+async fn redispatch_stuck(sweeper: &Sweeper, stop_at: Instant, report: &mut Report) -> Result<()> {
     let app = &sweeper.app;
     let now = clock::now_ms();
     let cutoff = now - sweeper.settings.stuck_queued_ms;
@@ -519,67 +526,62 @@ async fn redispatch_stuck(
             report.stopped_early = true;
             break;
         }
-        // Claim the re-dispatch, so an overlapping run does not send it too.
-        let result = app
-            .aws
-            .dynamodb
-            .update_item()
-            .table_name(&app.config.table)
-            .set_key(Some(sessions::session_key(&session.user_id, &session.session_id)))
-            .update_expression("SET dispatched_at = :now")
-            .condition_expression("#status = :queued AND (attribute_not_exists(dispatched_at) OR dispatched_at < :cutoff)")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":queued", s("queued"))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":cutoff", n(cutoff))
-            .send()
-            .await;
-        if result.is_ok() {
-            claimed.push(session);
+        let ddb = &app.aws.dynamodb;
+        match transitions::claim_redispatch(ddb, &app.config.table, &session, now, cutoff).await {
+            Ok(true) => claimed.push(session),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(session = %session.session_id, error = %e.chain(), "re-dispatch claim failed; next run")
+            }
         }
     }
     for batch in claimed.chunks(10) {
-        let mut entries = Vec::with_capacity(batch.len());
-        for (i, session) in batch.iter().enumerate() {
-            let message = GenerationMessage {
-                session_id: session.session_id.clone(),
-                user_id: session.user_id.clone(),
-                attempt: session.attempt + 1,
-                enqueued_at: now,
-            };
-            entries.push(
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(serde_json::to_string(&message)?)
-                    .build()
-                    .map_err(ApiError::internal)?,
-            );
-        }
-        let output = app
-            .aws
-            .sqs
-            .send_message_batch()
-            .queue_url(&app.config.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| ApiError::internal(format!("{e:?}")))?;
-        report.redispatched += output.successful.len() as u64;
-        if !output.failed.is_empty() {
-            tracing::warn!(
-                failed = output.failed.len(),
-                "some re-dispatches failed; the next run retries them after the threshold"
-            );
-        }
+        report.redispatched += send_batch(app, batch, now).await?;
     }
     Ok(())
+}
+
+/// Sends a generation message for each session (at most ten, one `SendMessageBatch`);
+/// returns how many were sent.
+async fn send_batch(app: &AppState, sessions: &[Session], now_ms: i64) -> Result<u64> {
+    let mut entries = Vec::with_capacity(sessions.len());
+    for (i, session) in sessions.iter().enumerate() {
+        let message = GenerationMessage {
+            session_id: session.session_id.clone(),
+            user_id: session.user_id.clone(),
+            attempt: session.attempt + 1,
+            enqueued_at_ms: now_ms,
+        };
+        entries.push(
+            SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(serde_json::to_string(&message)?)
+                .build()?,
+        );
+    }
+    let output = app
+        .aws
+        .sqs
+        .send_message_batch()
+        .queue_url(&app.config.queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .context("re-dispatch stuck sessions")?;
+    if !output.failed.is_empty() {
+        tracing::warn!(
+            failed = output.failed.len(),
+            "some re-dispatches failed; the next run retries them after the threshold"
+        );
+    }
+    Ok(output.successful.len() as u64)
 }
 
 async fn release_stale_holds(
     sweeper: &Sweeper,
     stop_at: Instant,
     report: &mut Report,
-) -> Result<(), ApiError> {
+) -> Result<()> {
     let app = &sweeper.app;
     let cutoff = clock::now_ms() - sweeper.settings.hold_timeout_ms;
     let stale = due_sessions(
@@ -609,11 +611,7 @@ async fn release_stale_holds(
     Ok(())
 }
 
-async fn expire_lots(
-    sweeper: &Sweeper,
-    stop_at: Instant,
-    report: &mut Report,
-) -> Result<(), ApiError> {
+async fn expire_lots(sweeper: &Sweeper, stop_at: Instant, report: &mut Report) -> Result<()> {
     let app = &sweeper.app;
     let now = clock::now_ms();
     let users = ledger::users_with_expired_lots(
@@ -628,8 +626,9 @@ async fn expire_lots(
             report.stopped_early = true;
             break;
         }
+        let now_secs = clock::ms_to_secs(now);
         let lost =
-            ledger::expire_due(&app.aws.dynamodb, &app.config.table, &user, now / 1000).await?;
+            ledger::expire_due(&app.aws.dynamodb, &app.config.table, &user, now_secs).await?;
         report.lots_expired += 1;
         report.credits_expired += lost;
     }

@@ -235,7 +235,7 @@ async fn health_needs_no_identity_and_other_routes_do() {
     let world = World::new().await;
     let (status, body) = call(&world, Event::new("GET /health", None)).await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
-    for route in &api::ROUTES[1..] {
+    for route in api::ROUTES[1..].iter().chain(&shared::routes::admin::ROUTES) {
         let (status, body) = call(
             &world,
             Event::new(route, None).path_param("id", "01J00000000000000000000000"),

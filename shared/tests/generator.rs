@@ -9,7 +9,7 @@ use common::{
 };
 use mock_provider::{Knobs, Latency};
 use serde_json::json;
-use shared::generator::{run_batch, Outcome};
+use shared::batch::{run_batch, Outcome};
 use shared::routes::enqueue::{handle, IMAGE_ROUTE, VIDEO_ROUTE};
 use shared::sessions::{self, Session, Status};
 

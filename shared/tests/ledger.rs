@@ -7,7 +7,7 @@ use shared::clock;
 use shared::ledger::{self, EntryKind, Reservation, ReserveError, Settlement};
 
 async fn hold(world: &World, user: &str, amount: i64) -> Result<String, ReserveError> {
-    let session = shared::keys::new_id();
+    let session = shared::table::keys::new_id();
     let reservation = Reservation {
         user_id: user,
         session_id: &session,
@@ -238,7 +238,7 @@ async fn a_repeated_grant_of_the_same_lot_grants_once() {
         user_id: "g",
         lot_id: "purchase-1",
         amount: 25,
-        expires_at: None,
+        expires_at_secs: None,
         source: "purchase",
     };
     let first = ledger::grant(world.ddb(), world.table(), &grant)

@@ -10,7 +10,7 @@ use common::{
 };
 use mock_provider::{Knobs, Latency};
 use serde_json::json;
-use shared::ledger::{self, EntryKind};
+use shared::ledger::EntryKind;
 use shared::routes::enqueue::{handle, IMAGE_ROUTE, VIDEO_ROUTE};
 use shared::sessions::{self, Session, Status};
 use shared::sweeper::{sweep, Settings};
@@ -141,7 +141,7 @@ async fn a_running_render_is_checked_later_and_cancelled_past_the_maximum() {
     let waiting = session(&world, "slow", &id).await;
     assert_eq!((waiting.status, waiting.checks), (Status::Rendering, 1));
     assert!(
-        waiting.due_at.unwrap() >= before + 10_000,
+        waiting.due_at_ms.unwrap() >= before + 10_000,
         "next check backs off"
     );
 
@@ -170,7 +170,7 @@ async fn force_due(world: &World, sub: &str, id: &str) {
         .table_name(world.table())
         .set_key(Some(sessions::session_key(sub, id)))
         .update_expression("SET due_at = :past")
-        .expression_attribute_values(":past", ledger::n(0))
+        .expression_attribute_values(":past", shared::table::number(0))
         .send()
         .await
         .unwrap();
@@ -295,7 +295,7 @@ async fn a_crash_between_reserve_and_send_is_redispatched_and_completes_once() {
         .table_name(world.table())
         .set_key(Some(sessions::session_key("c", &id)))
         .update_expression("SET open_at = :then")
-        .expression_attribute_values(":then", ledger::n(clock_ms() - 300_001))
+        .expression_attribute_values(":then", shared::table::number(clock_ms() - 300_001))
         .send()
         .await
         .unwrap();

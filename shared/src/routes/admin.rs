@@ -1,29 +1,31 @@
-//! Admin routes over dead letters: list (newest first), retry, delete, purge. Admin group only.
-
-use std::collections::HashMap;
+//! Every admin route (the `admin` group only): credit grants, and the dead letters: list
+//! (newest first), retry, delete, purge.
 
 use aws_sdk_dynamodb::types::{DeleteRequest, TransactWriteItem, Update, WriteRequest};
 use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::Identity;
-use crate::deadletter::{self, DeadLetter, DEAD_LETTERED, DLQ_PK, DLQ_PREFIX};
-use crate::error::{json_response, ApiError, Result};
-use crate::ledger::{self, n, s, Reservation, ReserveError};
-use crate::pagination::{self, PageRequest};
+use crate::auth::{self, Identity};
+use crate::deadletter::{self, DeadLetter, DLQ_PK, DLQ_PREFIX};
+use crate::error::{json_body, json_response, ApiError, Result};
+use crate::ledger::{self, Grant, Reservation, ReserveError};
 use crate::queue::{self, GenerationMessage};
-use crate::sessions::{self, Status};
+use crate::sessions::transitions::{self, DEAD_LETTERED};
+use crate::sessions::{self, Session, Status};
+use crate::table::{self, keys, number, page, string, Item};
 use crate::{clock, AppState};
 
-/// The admin dead-letter routes.
-pub const ROUTES: [&str; 4] = [
+/// The admin routes (API Gateway route keys), served by the api function.
+pub const ROUTES: [&str; 5] = [
+    "POST /api/admin/credits/grant",
     "GET /api/admin/dlq/messages",
     "POST /api/admin/dlq/messages/{id}/retry",
     "DELETE /api/admin/dlq/messages/{id}",
     "POST /api/admin/dlq/purge",
 ];
 
-/// Dispatches an admin dead-letter route.
+/// Dispatches an admin route.
 pub async fn dispatch(
     state: &AppState,
     identity: &Identity,
@@ -33,6 +35,7 @@ pub async fn dispatch(
     identity.require_admin()?;
     let id = super::path_param(request, "id").unwrap_or_default();
     match route {
+        "POST /api/admin/credits/grant" => grant(state, identity, request).await,
         "GET /api/admin/dlq/messages" => list(state, request).await,
         "POST /api/admin/dlq/messages/{id}/retry" => retry(state, identity, &id).await,
         "DELETE /api/admin/dlq/messages/{id}" => delete(state, &id).await,
@@ -41,13 +44,88 @@ pub async fn dispatch(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    user_id: String,
+    amount: i64,
+    /// Epoch seconds.
+    #[serde(default)]
+    expires_at: Option<i64>,
+    source: String,
+}
+
+/// Largest single grant.
+const MAX_GRANT: i64 = 1_000_000;
+
+impl GrantBody {
+    fn validate(&self) -> Result<()> {
+        if !auth::valid_user_id(&self.user_id) {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "user_id is not a valid user id",
+            ));
+        }
+        if !(1..=MAX_GRANT).contains(&self.amount) {
+            return Err(ApiError::invalid(
+                "invalid_amount",
+                format!("amount must be 1..{MAX_GRANT}"),
+            ));
+        }
+        if self.expires_at.is_some_and(|t| t <= clock::now_secs()) {
+            return Err(ApiError::invalid(
+                "invalid_expiry",
+                "expires_at must be in the future",
+            ));
+        }
+        if self.source.trim().is_empty() || self.source.len() > 64 {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "source must be 1-64 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn grant(state: &AppState, identity: &Identity, request: &Request) -> Result<Response<Body>> {
+    let body: GrantBody = json_body(super::body_bytes(request))?;
+    body.validate()?;
+    // With an Idempotency-Key the lot id derives from it, so a replay grants nothing new.
+    let lot_id = match super::idempotency_key(request)? {
+        Some(key) => {
+            keys::idempotency_sk("grant", &key)[keys::IDEMPOTENCY_PREFIX.len()..][..26].to_owned()
+        }
+        None => keys::new_id(),
+    };
+    let outcome = ledger::grant(
+        &state.aws.dynamodb,
+        &state.config.table,
+        &Grant {
+            user_id: &body.user_id,
+            lot_id: &lot_id,
+            amount: body.amount,
+            expires_at_secs: body.expires_at,
+            source: body.source.trim(),
+        },
+    )
+    .await?;
+    tracing::info!(admin = %identity.user_id, to = %body.user_id, amount = body.amount, lot = %lot_id, created = outcome.created, "credits granted");
+    Ok(json_response(
+        if outcome.created { 201 } else { 200 },
+        &json!({
+            "lot_id": lot_id,
+            "user_id": body.user_id,
+            "amount": body.amount,
+            "expires_at": body.expires_at,
+            "available": outcome.available,
+        }),
+    ))
+}
+
 async fn list(state: &AppState, request: &Request) -> Result<Response<Body>> {
-    let page = PageRequest::parse(
-        super::query(request, "cursor").as_deref(),
-        super::query(request, "limit").as_deref(),
-        DLQ_PREFIX,
-    )?;
-    let (items, next): (Vec<DeadLetter>, _) = pagination::query_prefix(
+    let page = super::page_request(request, DLQ_PREFIX)?;
+    let (items, next): (Vec<DeadLetter>, _) = page::query_prefix(
         &state.aws.dynamodb,
         &state.config.table,
         DLQ_PK,
@@ -66,7 +144,7 @@ async fn get(state: &AppState, id: &str) -> Result<DeadLetter> {
     if !sessions::valid_session_id(id) {
         return Err(ApiError::NotFound("dead letter"));
     }
-    ledger::get_item(
+    table::get_item(
         &state.aws.dynamodb,
         &state.config.table,
         deadletter::record_key(id),
@@ -79,55 +157,10 @@ async fn get(state: &AppState, id: &str) -> Result<DeadLetter> {
 /// no longer pay, 409 if the session is no longer dead-lettered).
 async fn retry(state: &AppState, identity: &Identity, id: &str) -> Result<Response<Body>> {
     let letter = get(state, id).await?;
-    let (Some(session_id), Some(user_id)) = (&letter.session_id, &letter.user_id) else {
-        return Err(ApiError::Conflict(
-            "this dead letter names no session to retry".into(),
-        ));
-    };
+    let session = dead_lettered_session(state, &letter).await?;
+    let (user_id, session_id) = (&session.user_id, &session.session_id);
     let table = &state.config.table;
-    let session = sessions::get(&state.aws.dynamodb, table, user_id, session_id)
-        .await?
-        .ok_or_else(|| ApiError::Conflict("the session no longer exists".into()))?;
-    let dead_lettered = session.status == Status::Failed
-        && session
-            .error
-            .as_ref()
-            .is_some_and(|e| e.code == DEAD_LETTERED);
-    if !dead_lettered {
-        return Err(ApiError::Conflict(format!(
-            "the session is {:?}, not dead-lettered",
-            session.status
-        )));
-    }
     let now = clock::now_ms();
-    let requeue = Update::builder()
-        .table_name(table)
-        .set_key(Some(sessions::session_key(user_id, session_id)))
-        .update_expression(
-            "SET #status = :queued, open_pk = :open, open_at = :now, updated_at = :now, credits_captured = :zero \
-             REMOVE #error, last_error, first_failed_at, dispatched_at",
-        )
-        .condition_expression("#status = :failed AND #error.code = :dead")
-        .set_expression_attribute_names(Some(HashMap::from([
-            ("#status".to_owned(), "status".to_owned()),
-            ("#error".to_owned(), "error".to_owned()),
-        ])))
-        .expression_attribute_values(":queued", s("queued"))
-        .expression_attribute_values(":failed", s("failed"))
-        .expression_attribute_values(":dead", s(DEAD_LETTERED))
-        .expression_attribute_values(":open", s(sessions::OPEN_PK))
-        .expression_attribute_values(":now", n(now))
-        .expression_attribute_values(":zero", n(0))
-        .build()
-        .map_err(ApiError::internal)?;
-    let mark = Update::builder()
-        .table_name(table)
-        .set_key(Some(deadletter::record_key(id)))
-        .update_expression("SET retried_at = :now")
-        .condition_expression("attribute_exists(pk)")
-        .expression_attribute_values(":now", n(now))
-        .build()
-        .map_err(ApiError::internal)?;
     let reservation = Reservation {
         user_id,
         session_id,
@@ -136,8 +169,8 @@ async fn retry(state: &AppState, identity: &Identity, id: &str) -> Result<Respon
         inflight_cap: state.config.inflight_cap,
     };
     let items = vec![
-        TransactWriteItem::builder().update(requeue).build(),
-        TransactWriteItem::builder().update(mark).build(),
+        transitions::requeue(table, user_id, session_id, now)?,
+        mark_retried(table, id, now)?,
     ];
     match ledger::reserve(&state.aws.dynamodb, table, &reservation, items).await {
         Ok(()) => {}
@@ -152,16 +185,58 @@ async fn retry(state: &AppState, identity: &Identity, id: &str) -> Result<Respon
         session_id: session_id.clone(),
         user_id: user_id.clone(),
         attempt: session.attempt + 1,
-        enqueued_at: now,
+        enqueued_at_ms: now,
     };
     if let Err(e) = queue::send(&state.aws.sqs, &state.config.queue_url, &message).await {
-        tracing::error!(error = %e, "retry send failed; the sweeper re-dispatches the queued session");
+        tracing::error!(error = %e.chain(), "retry send failed; the sweeper re-dispatches the queued session");
     }
     tracing::info!(admin = %identity.user_id, dead_letter = %id, session = %session_id, "dead letter retried");
     Ok(json_response(
         202,
-        &json!({"session_id": session_id, "client_key": session.client_key, "status": "queued", "credits_reserved": session.credits_reserved}),
+        &json!({"session_id": session_id, "client_key": session.client_key, "status": Status::Queued, "credits_reserved": session.credits_reserved}),
     ))
+}
+
+/// The session a dead letter names, if it is still dead-lettered (409 otherwise).
+async fn dead_lettered_session(state: &AppState, letter: &DeadLetter) -> Result<Session> {
+    let (Some(session_id), Some(user_id)) = (&letter.session_id, &letter.user_id) else {
+        return Err(ApiError::Conflict(
+            "this dead letter names no session to retry".into(),
+        ));
+    };
+    let session = sessions::get(
+        &state.aws.dynamodb,
+        &state.config.table,
+        user_id,
+        session_id,
+    )
+    .await?
+    .ok_or_else(|| ApiError::Conflict("the session no longer exists".into()))?;
+    let dead_lettered = session.status == Status::Failed
+        && session
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == DEAD_LETTERED);
+    if !dead_lettered {
+        return Err(ApiError::Conflict(format!(
+            "the session is {:?}, not dead-lettered",
+            session.status
+        )));
+    }
+    Ok(session)
+}
+
+/// The update that stamps a dead-letter record with the time of its retry.
+fn mark_retried(table: &str, id: &str, now_ms: i64) -> Result<TransactWriteItem> {
+    let update = Update::builder()
+        .table_name(table)
+        .set_key(Some(deadletter::record_key(id)))
+        .update_expression("SET retried_at = :now")
+        .condition_expression("attribute_exists(pk)")
+        .expression_attribute_values(":now", number(now_ms))
+        .build()
+        .map_err(crate::fault::Fault::from)?;
+    Ok(TransactWriteItem::builder().update(update).build())
 }
 
 async fn delete(state: &AppState, id: &str) -> Result<Response<Body>> {
@@ -187,45 +262,14 @@ async fn purge(state: &AppState) -> Result<Response<Body>> {
             .query()
             .table_name(table)
             .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(DLQ_PK))
-            .expression_attribute_values(":prefix", s(DLQ_PREFIX))
+            .expression_attribute_values(":pk", string(DLQ_PK))
+            .expression_attribute_values(":prefix", string(DLQ_PREFIX))
             .projection_expression("pk, sk")
             .set_exclusive_start_key(start)
             .send()
             .await?;
-        let keys = page.items.unwrap_or_default();
-        for chunk in keys.chunks(25) {
-            let mut requests: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|key| {
-                    WriteRequest::builder()
-                        .delete_request(
-                            DeleteRequest::builder()
-                                .set_key(Some(key.clone()))
-                                .build()
-                                .expect("key set"),
-                        )
-                        .build()
-                })
-                .collect();
-            // BatchWriteItem may leave some for later: send those again until none is left.
-            for _ in 0..8 {
-                let output = ddb
-                    .batch_write_item()
-                    .request_items(table, requests.clone())
-                    .send()
-                    .await?;
-                let left = output
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(table))
-                    .unwrap_or_default();
-                purged += requests.len() - left.len();
-                if left.is_empty() {
-                    break;
-                }
-                requests = left;
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        for chunk in page.items.unwrap_or_default().chunks(25) {
+            purged += delete_keys(ddb, table, chunk).await?;
         }
         match page.last_evaluated_key {
             Some(key) => start = Some(key),
@@ -234,4 +278,41 @@ async fn purge(state: &AppState) -> Result<Response<Body>> {
     }
     tracing::warn!(purged, "dead letters purged");
     Ok(json_response(200, &json!({"purged": purged})))
+}
+
+/// Deletes up to 25 items in one `BatchWriteItem`, sending again what DynamoDB leaves
+/// unprocessed; returns how many were deleted.
+async fn delete_keys(ddb: &aws_sdk_dynamodb::Client, table: &str, keys: &[Item]) -> Result<usize> {
+    let mut requests: Vec<WriteRequest> = keys
+        .iter()
+        .map(|key| {
+            WriteRequest::builder()
+                .delete_request(
+                    DeleteRequest::builder()
+                        .set_key(Some(key.clone()))
+                        .build()
+                        .expect("key set"),
+                )
+                .build()
+        })
+        .collect();
+    let mut deleted = 0;
+    for _ in 0..8 {
+        let output = ddb
+            .batch_write_item()
+            .request_items(table, requests.clone())
+            .send()
+            .await?;
+        let left = output
+            .unprocessed_items
+            .and_then(|mut u| u.remove(table))
+            .unwrap_or_default();
+        deleted += requests.len() - left.len();
+        if left.is_empty() {
+            break;
+        }
+        requests = left;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(deleted)
 }

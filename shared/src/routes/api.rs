@@ -1,27 +1,27 @@
-//! The read and admin routes: sessions, balance, ledger, usage summary, grants, health.
+//! The user's read routes (sessions, balance, ledger, usage summary) and health; the admin
+//! routes, served by the same function, are [`super::admin`]'s.
 
 use std::collections::{BTreeMap, HashSet};
 
 use lambda_http::{Body, Request, Response};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{self, Identity};
+use crate::auth::Identity;
 use crate::error::{json_response, ApiError, Result};
-use crate::ledger::{self, EntryKind, Grant};
-use crate::pagination::PageRequest;
+use crate::ledger::{self, EntryKind};
 use crate::sessions::{self, Session};
-use crate::{clock, keys, AppState};
+use crate::table::keys;
+use crate::{clock, AppState};
 
-/// The routes this function serves (API Gateway route keys).
-pub const ROUTES: [&str; 7] = [
+/// The user routes this function serves (API Gateway route keys); it serves
+/// [`super::admin::ROUTES`] too.
+pub const ROUTES: [&str; 6] = [
     "GET /health",
     "GET /api/sessions/{id}",
     "GET /api/sessions",
     "GET /api/credits/balance",
     "GET /api/credits/transactions",
     "GET /api/credits/usage/summary",
-    "POST /api/admin/credits/grant",
 ];
 
 /// Handles one request to the api function.
@@ -47,7 +47,6 @@ async fn dispatch(state: &AppState, route: &str, request: &Request) -> Result<Re
         "GET /api/credits/balance" => balance(state, &identity).await,
         "GET /api/credits/transactions" => transactions(state, &identity, request).await,
         "GET /api/credits/usage/summary" => usage_summary(state, &identity, request).await,
-        "POST /api/admin/credits/grant" => grant(state, &identity, request).await,
         route if super::admin::ROUTES.contains(&route) => {
             super::admin::dispatch(state, &identity, route, request).await
         }
@@ -78,7 +77,7 @@ async fn list_sessions(
     identity: &Identity,
     request: &Request,
 ) -> Result<Response<Body>> {
-    let page = page_request(request, keys::SESSION_PREFIX)?;
+    let page = super::page_request(request, keys::SESSION_PREFIX)?;
     let (items, next) = sessions::list(
         &state.aws.dynamodb,
         &state.config.table,
@@ -94,14 +93,6 @@ async fn list_sessions(
         200,
         &json!({"items": views, "next_cursor": next}),
     ))
-}
-
-fn page_request(request: &Request, prefix: &str) -> Result<PageRequest> {
-    PageRequest::parse(
-        super::query(request, "cursor").as_deref(),
-        super::query(request, "limit").as_deref(),
-        prefix,
-    )
 }
 
 /// A session as the frontend sees it: outputs as short-lived presigned URLs.
@@ -136,8 +127,8 @@ async fn session_view(state: &AppState, session: &Session) -> Result<Value> {
         "status": session.status,
         "credits_reserved": session.credits_reserved,
         "credits_captured": session.credits_captured,
-        "created_at": session.created_at,
-        "updated_at": session.updated_at,
+        "created_at": session.created_at_ms,
+        "updated_at": session.updated_at_ms,
         "outputs": outputs,
         "note": session.note,
         "error": session.error,
@@ -152,7 +143,7 @@ async fn balance(state: &AppState, identity: &Identity) -> Result<Response<Body>
     let mut account = ledger::get_account(ddb, table, &identity.user_id).await?;
     if account
         .as_ref()
-        .is_some_and(|a| a.next_expiry <= clock::now_secs())
+        .is_some_and(|a| a.next_expiry_secs <= clock::now_secs())
     {
         // A lot is past its expiry: expire it now so the balance shown is spendable.
         ledger::expire_due(ddb, table, &identity.user_id, clock::now_secs()).await?;
@@ -160,13 +151,13 @@ async fn balance(state: &AppState, identity: &Identity) -> Result<Response<Body>
     }
     let account = account.unwrap_or_default();
     let mut lots: Vec<_> = account.lots.iter().collect();
-    lots.sort_by_key(|(id, l)| (l.expires_at.unwrap_or(ledger::NO_EXPIRY), *id));
+    lots.sort_by_key(|(id, l)| (l.expires_at_secs.unwrap_or(ledger::NO_EXPIRY), *id));
     let lots: Vec<Value> = lots
         .into_iter()
         .map(|(id, l)| {
             json!({
                 "lot_id": id, "amount": l.amount, "remaining": l.remaining,
-                "expires_at": l.expires_at, "source": l.source, "expired": l.expired,
+                "expires_at": l.expires_at_secs, "source": l.source, "expired": l.expired,
             })
         })
         .collect();
@@ -189,7 +180,7 @@ async fn transactions(
     identity: &Identity,
     request: &Request,
 ) -> Result<Response<Body>> {
-    let page = page_request(request, keys::LEDGER_PREFIX)?;
+    let page = super::page_request(request, keys::LEDGER_PREFIX)?;
     let (entries, next) = ledger::list_entries(
         &state.aws.dynamodb,
         &state.config.table,
@@ -202,7 +193,7 @@ async fn transactions(
         .map(|e| {
             json!({
                 "entry_id": e.entry_id, "kind": e.kind, "amount": e.amount,
-                "session_id": e.session_id, "lot_id": e.lot_id, "model": e.model, "at": e.at,
+                "session_id": e.session_id, "lot_id": e.lot_id, "model": e.model, "at": e.at_ms,
             })
         })
         .collect();
@@ -249,7 +240,7 @@ async fn usage_summary(
     let mut rows: BTreeMap<(String, String), (i64, HashSet<String>)> = BTreeMap::new();
     for entry in entries.iter().filter(|e| e.kind == EntryKind::Capture) {
         let key = (
-            clock::day_of(entry.at),
+            clock::day_of(entry.at_ms),
             entry.model.clone().unwrap_or_default(),
         );
         let row = rows.entry(key).or_default();
@@ -270,97 +261,6 @@ async fn usage_summary(
             "to": clock::day_of(to),
             "total": total,
             "by_model_day": by_model_day,
-        }),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GrantBody {
-    user_id: String,
-    amount: i64,
-    #[serde(default)]
-    expires_at: Option<i64>,
-    source: String,
-}
-
-/// Largest single grant.
-const MAX_GRANT: i64 = 1_000_000;
-
-async fn grant(state: &AppState, identity: &Identity, request: &Request) -> Result<Response<Body>> {
-    identity.require_admin()?;
-    let body: GrantBody = serde_json::from_slice(super::body_bytes(request)).map_err(|e| {
-        let code = match e.classify() {
-            serde_json::error::Category::Data if e.to_string().starts_with("unknown field") => {
-                "unknown_field"
-            }
-            serde_json::error::Category::Data if e.to_string().starts_with("missing field") => {
-                "missing_field"
-            }
-            serde_json::error::Category::Data => "invalid_field",
-            _ => "invalid_json",
-        };
-        ApiError::invalid(code, e.to_string())
-    })?;
-    if !auth::valid_user_id(&body.user_id) {
-        return Err(ApiError::invalid(
-            "invalid_field",
-            "user_id is not a valid user id",
-        ));
-    }
-    if !(1..=MAX_GRANT).contains(&body.amount) {
-        return Err(ApiError::invalid(
-            "invalid_amount",
-            format!("amount must be 1..{MAX_GRANT}"),
-        ));
-    }
-    if body.expires_at.is_some_and(|t| t <= clock::now_secs()) {
-        return Err(ApiError::invalid(
-            "invalid_expiry",
-            "expires_at must be in the future",
-        ));
-    }
-    if body.source.trim().is_empty() || body.source.len() > 64 {
-        return Err(ApiError::invalid(
-            "invalid_field",
-            "source must be 1-64 characters",
-        ));
-    }
-    // With an Idempotency-Key the lot id derives from it, so a replay grants nothing new.
-    let lot_id = match request.headers().get("idempotency-key") {
-        Some(key) => {
-            let key = key
-                .to_str()
-                .ok()
-                .filter(|k| crate::generation::valid_token(k))
-                .ok_or_else(|| {
-                    ApiError::invalid("invalid_idempotency_key", "invalid Idempotency-Key")
-                })?;
-            keys::idempotency_sk("grant", key)[keys::IDEMPOTENCY_PREFIX.len()..][..26].to_owned()
-        }
-        None => keys::new_id(),
-    };
-    let outcome = ledger::grant(
-        &state.aws.dynamodb,
-        &state.config.table,
-        &Grant {
-            user_id: &body.user_id,
-            lot_id: &lot_id,
-            amount: body.amount,
-            expires_at: body.expires_at,
-            source: body.source.trim(),
-        },
-    )
-    .await?;
-    tracing::info!(admin = %identity.user_id, to = %body.user_id, amount = body.amount, lot = %lot_id, created = outcome.created, "credits granted");
-    Ok(json_response(
-        if outcome.created { 201 } else { 200 },
-        &json!({
-            "lot_id": lot_id,
-            "user_id": body.user_id,
-            "amount": body.amount,
-            "expires_at": body.expires_at,
-            "available": outcome.available,
         }),
     ))
 }

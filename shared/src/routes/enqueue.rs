@@ -2,9 +2,6 @@
 //! price, reserve the credits together with the session and the idempotency record in one
 //! transaction, send the queue message, answer 202. Two round trips to AWS on the happy path.
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -12,10 +9,11 @@ use sha2::{Digest, Sha256};
 use crate::auth::Identity;
 use crate::error::{json_response, ApiError, Result};
 use crate::generation::{self, Limits, Parsed};
-use crate::ledger::{self, n, put_new, s, Reservation, ReserveError};
+use crate::ledger::{self, Reservation, ReserveError};
 use crate::queue::{self, GenerationMessage};
 use crate::sessions::Session;
-use crate::{clock, keys, AppState};
+use crate::table::{self, keys, number, put_new, string, Item};
+use crate::{clock, AppState};
 
 /// Route key of image generation.
 pub const IMAGE_ROUTE: &str = "POST /api/images/seedream4/generate";
@@ -42,7 +40,7 @@ async fn enqueue(state: &AppState, route: &str, request: &Request) -> Result<Res
     let limits = Limits {
         max_prompt_chars: state.config.max_prompt_chars,
     };
-    let idempotency_key = idempotency_key(request)?;
+    let idempotency_key = super::idempotency_key(request)?;
     let body = super::body_bytes(request);
     let parsed = match route {
         IMAGE_ROUTE => generation::parse_image(body, limits)?,
@@ -57,23 +55,6 @@ async fn enqueue(state: &AppState, route: &str, request: &Request) -> Result<Res
         idempotency_key.as_deref(),
     )
     .await
-}
-
-fn idempotency_key(request: &Request) -> Result<Option<String>> {
-    let Some(value) = request.headers().get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .filter(|k| generation::valid_token(k))
-        .map(|k| Some(k.to_owned()))
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-            )
-        })
 }
 
 /// Reserves, records and dispatches a validated request; answers 202.
@@ -96,26 +77,23 @@ pub async fn accept(
     let accepted = json!({
         "session_id": session.session_id,
         "client_key": session.client_key,
-        "status": "queued",
+        "status": session.status,
         "credits_reserved": session.credits_reserved,
     });
     let table = &state.config.table;
     let mut items = vec![put_new(table, session.to_item()?)?];
     if let (Some(key), Some(fingerprint)) = (idempotency_key, &fingerprint) {
-        items.push(put_new(
-            table,
-            HashMap::from([
-                ("pk".to_owned(), s(keys::user_pk(user_id))),
-                ("sk".to_owned(), s(keys::idempotency_sk(route, key))),
-                ("fingerprint".to_owned(), s(fingerprint.clone())),
-                ("response".to_owned(), s(accepted.to_string())),
-                ("session_id".to_owned(), s(session_id.clone())),
-                (
-                    "ttl".to_owned(),
-                    n(now / 1000 + state.config.idempotency_ttl_secs),
-                ),
-            ]),
-        )?);
+        let mut record = idempotency_key_of(user_id, route, key);
+        record.extend([
+            ("fingerprint".to_owned(), string(fingerprint.clone())),
+            ("response".to_owned(), string(accepted.to_string())),
+            ("session_id".to_owned(), string(session_id.clone())),
+            (
+                "ttl".to_owned(),
+                number(clock::ms_to_secs(now) + state.config.idempotency_ttl_secs),
+            ),
+        ]);
+        items.push(put_new(table, record)?);
     }
     let reservation = Reservation {
         user_id,
@@ -138,11 +116,11 @@ pub async fn accept(
         session_id: session_id.clone(),
         user_id: user_id.to_owned(),
         attempt: 0,
-        enqueued_at: now,
+        enqueued_at_ms: now,
     };
     if let Err(e) = queue::send(&state.aws.sqs, &state.config.queue_url, &message).await {
         // The session stays queued with its credits held; the sweeper re-dispatches it.
-        tracing::error!(error = %e, "queue send failed after the reserve; the sweeper will re-dispatch");
+        tracing::error!(error = %e.chain(), "queue send failed after the reserve; the sweeper will re-dispatch");
     }
     Ok(json_response(202, &accepted))
 }
@@ -154,7 +132,7 @@ async fn replay(
     route: &str,
     key: &str,
     fingerprint: &str,
-    item: Option<HashMap<String, AttributeValue>>,
+    item: Option<Item>,
 ) -> Result<Response<Body>> {
     let item = match item {
         Some(item) => item,
@@ -163,25 +141,29 @@ async fn replay(
             .dynamodb
             .get_item()
             .table_name(&state.config.table)
-            .key("pk", s(keys::user_pk(user_id)))
-            .key("sk", s(keys::idempotency_sk(route, key)))
+            .set_key(Some(idempotency_key_of(user_id, route, key)))
             .consistent_read(true)
             .send()
             .await?
             .item
             .ok_or_else(|| ApiError::internal("idempotency record vanished"))?,
     };
-    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
-    if text("fingerprint").as_deref() != Some(fingerprint) {
+    if table::string_of(&item, "fingerprint") != Some(fingerprint) {
         return Err(ApiError::IdempotencyKeyReused);
     }
-    let stored = text("response").ok_or_else(|| ApiError::internal("record without response"))?;
-    let mut response = json_response(202, &serde_json::from_str(&stored)?);
+    let stored = table::string_of(&item, "response")
+        .ok_or_else(|| ApiError::internal("record without response"))?;
+    let mut response = json_response(202, &serde_json::from_str(stored)?);
     response.headers_mut().insert(
         "idempotent-replayed",
         http::HeaderValue::from_static("true"),
     );
     Ok(response)
+}
+
+/// The key of the idempotency record of `key` on `route`.
+fn idempotency_key_of(user_id: &str, route: &str, key: &str) -> Item {
+    table::key(keys::user_pk(user_id), keys::idempotency_sk(route, key))
 }
 
 /// What makes two requests "the same" for idempotency: the route and the validated request.

@@ -1,6 +1,13 @@
 //! HTTP handlers. Each function's entry point calls one `handle` with the state it built once;
 //! the handler dispatches on the API Gateway route key and turns every error into the
 //! contract's JSON error body.
+//!
+//! - [`enqueue`]: the generate routes (the `enqueue` function).
+//! - [`api`]: the user's reads and health (the `api` function), which also dispatches
+//! - [`admin`]: every admin route: grants and dead letters.
+//!
+//! The request helpers every handler shares (route key, body, query and path parameters,
+//! `Idempotency-Key`, page requests) live here.
 
 pub mod admin;
 pub mod api;
@@ -11,6 +18,8 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use tracing::Instrument;
 
 use crate::error::{ApiError, Result};
+use crate::generation;
+use crate::table::page::PageRequest;
 
 /// The route of a request: API Gateway's route key (`GET /api/sessions/{id}`), or the method
 /// and path when the event carries none.
@@ -39,6 +48,33 @@ pub fn query(request: &Request, name: &str) -> Option<String> {
         .query_string_parameters_ref()
         .and_then(|q| q.first(name))
         .map(str::to_owned)
+}
+
+/// The `cursor` and `limit` query parameters of a listing of `prefix`, validated.
+pub fn page_request(request: &Request, prefix: &str) -> Result<PageRequest> {
+    PageRequest::parse(
+        query(request, "cursor").as_deref(),
+        query(request, "limit").as_deref(),
+        prefix,
+    )
+}
+
+/// The `Idempotency-Key` header, when the request carries one (400 when it is malformed).
+pub fn idempotency_key(request: &Request) -> Result<Option<String>> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|k| generation::valid_token(k))
+        .map(|k| Some(k.to_owned()))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+            )
+        })
 }
 
 /// A path parameter.

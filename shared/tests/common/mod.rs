@@ -230,7 +230,7 @@ impl World {
                 user_id: user,
                 lot_id: &lot,
                 amount,
-                expires_at,
+                expires_at_secs: expires_at,
                 source: "test",
             },
         )
@@ -627,14 +627,14 @@ pub async fn rendering_sessions(
                     },
                 )
                 .unwrap();
-                let id = shared::keys::new_id();
+                let id = shared::table::keys::new_id();
                 let mut session =
                     Session::queued(id.clone(), &user, "k".into(), parsed.request, clock_ms());
                 session.status = Status::Rendering;
                 session.attempt = 1;
                 session.provider_task_id = Some(task_id);
                 session.due_pk = Some(sessions::DUE_PK.into());
-                session.due_at = Some(clock_ms() - 1);
+                session.due_at_ms = Some(clock_ms() - 1);
                 let reservation = Reservation {
                     user_id: &user,
                     session_id: &id,
@@ -642,7 +642,8 @@ pub async fn rendering_sessions(
                     model: &session.model,
                     inflight_cap: 10,
                 };
-                let put = ledger::put_new(world.table(), session.to_item().unwrap()).unwrap();
+                let put =
+                    shared::table::put_new(world.table(), session.to_item().unwrap()).unwrap();
                 ledger::reserve(world.ddb(), world.table(), &reservation, vec![put])
                     .await
                     .unwrap();

@@ -2,14 +2,12 @@
 //! it is checked against the prefix being listed, so a forged cursor cannot read elsewhere
 //! (and the partition is always the caller's own).
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use serde::de::DeserializeOwned;
 
+use super::{string, string_of, Item};
 use crate::error::ApiError;
-use crate::ledger::s;
+use crate::fault::Fault;
 
 /// Default and largest page sizes.
 pub const DEFAULT_LIMIT: i32 = 20;
@@ -71,7 +69,7 @@ pub async fn query_prefix<T: DeserializeOwned>(
     prefix: &str,
     page: &PageRequest,
     lower: Option<&str>,
-) -> Result<(Vec<T>, Option<String>), ApiError> {
+) -> Result<(Vec<T>, Option<String>), Fault> {
     let upper = page.after.clone().unwrap_or_else(|| format!("{prefix}~"));
     let lower = lower
         .map(str::to_owned)
@@ -80,37 +78,36 @@ pub async fn query_prefix<T: DeserializeOwned>(
         .query()
         .table_name(table)
         .key_condition_expression("pk = :pk AND sk BETWEEN :lower AND :upper")
-        .expression_attribute_values(":pk", s(pk))
-        .expression_attribute_values(":lower", s(lower))
-        .expression_attribute_values(":upper", s(upper.clone()))
+        .expression_attribute_values(":pk", string(pk))
+        .expression_attribute_values(":lower", string(lower))
+        .expression_attribute_values(":upper", string(upper.clone()))
         .scan_index_forward(false)
         // One more than asked: tells whether a next page exists without another call.
         .limit(page.limit + 1)
         .send()
         .await?;
-    let mut items: Vec<HashMap<String, AttributeValue>> = output
+    let mut items: Vec<Item> = output
         .items
         .unwrap_or_default()
         .into_iter()
         // BETWEEN is inclusive: the cursor's own item was on the previous page.
-        .filter(|item| sk_of(item) != Some(upper.as_str()))
+        .filter(|item| string_of(item, "sk") != Some(upper.as_str()))
         .collect();
     let more = items.len() > page.limit as usize;
     items.truncate(page.limit as usize);
     let next = more
-        .then(|| items.last().and_then(sk_of).map(cursor_after))
+        .then(|| {
+            items
+                .last()
+                .and_then(|item| string_of(item, "sk"))
+                .map(cursor_after)
+        })
         .flatten();
     let parsed = items
         .into_iter()
         .map(serde_dynamo::from_item)
         .collect::<Result<Vec<T>, _>>()?;
     Ok((parsed, next))
-}
-
-fn sk_of(item: &HashMap<String, AttributeValue>) -> Option<&str> {
-    item.get("sk")
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
 }
 
 #[cfg(test)]

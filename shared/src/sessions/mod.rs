@@ -1,20 +1,24 @@
 //! Generation sessions: one per accepted request, in the user's partition, from `queued` to
 //! `completed` or `failed`. Unfinished sessions carry `open_pk`/`open_at` (sparse index `open`)
 //! so the sweeper can find the stuck ones; rendering videos carry `due_pk`/`due_at` (sparse
-//! index `due`) for their next status check.
+//! index `due`, shared with accounts whose lots can expire) for their next status check.
+//!
+//! Every change of status is one conditional write with a name, in [`transitions`]; nothing
+//! else writes a session's status.
 
-use std::collections::HashMap;
+pub mod transitions;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::fault::Result;
 use crate::generation::GenerationRequest;
-use crate::keys;
-use crate::ledger::s;
+use crate::table::page::{self, PageRequest};
+use crate::table::{self, keys, Item};
 
 /// Partition value of the `open` index.
 pub const OPEN_PK: &str = "OPEN";
+/// Partition value of rendering sessions in the `due` index.
+pub const DUE_PK: &str = "DUE";
 
 /// Where a session is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +37,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status as stored (the `status` attribute).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Rendering => "rendering",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
     /// Whether the session has ended.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Failed)
@@ -98,9 +113,11 @@ pub struct Session {
     #[serde(default)]
     pub credits_captured: i64,
     /// Accepted at (epoch ms).
-    pub created_at: i64,
+    #[serde(rename = "created_at")]
+    pub created_at_ms: i64,
     /// Last change (epoch ms).
-    pub updated_at: i64,
+    #[serde(rename = "updated_at")]
+    pub updated_at_ms: i64,
     /// The validated request.
     pub request: GenerationRequest,
     /// Stored outputs.
@@ -122,35 +139,51 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_task_id: Option<String>,
     /// When the current claim lapses (epoch ms), while `running`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_until: Option<i64>,
+    #[serde(
+        default,
+        rename = "lease_until",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_until_ms: Option<i64>,
     /// When the generator last claimed it (epoch ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claimed_at: Option<i64>,
+    #[serde(
+        default,
+        rename = "claimed_at",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub claimed_at_ms: Option<i64>,
     /// Why the last delivery failed and handed the session back, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// When a delivery first failed (epoch ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_failed_at: Option<i64>,
+    #[serde(
+        default,
+        rename = "first_failed_at",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_failed_at_ms: Option<i64>,
     /// Status checks of a rendering video so far.
     #[serde(default)]
     pub checks: u32,
     /// When the sweeper last re-dispatched it (epoch ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dispatched_at: Option<i64>,
+    #[serde(
+        default,
+        rename = "dispatched_at",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dispatched_at_ms: Option<i64>,
     /// `open` index partition, while unfinished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_pk: Option<String>,
     /// `open` index sort key: when it was accepted (epoch ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open_at: Option<i64>,
+    #[serde(default, rename = "open_at", skip_serializing_if = "Option::is_none")]
+    pub open_at_ms: Option<i64>,
     /// `due` index partition, while a video renders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_pk: Option<String>,
     /// `due` index sort key: next status check (epoch ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due_at: Option<i64>,
+    #[serde(default, rename = "due_at", skip_serializing_if = "Option::is_none")]
+    pub due_at_ms: Option<i64>,
 }
 
 impl Session {
@@ -171,8 +204,8 @@ impl Session {
             status: Status::Queued,
             credits_reserved: request.cost(),
             credits_captured: 0,
-            created_at: now_ms,
-            updated_at: now_ms,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
             request,
             outputs: Vec::new(),
             timing: None,
@@ -180,34 +213,35 @@ impl Session {
             note: None,
             attempt: 0,
             provider_task_id: None,
-            lease_until: None,
-            claimed_at: None,
+            lease_until_ms: None,
+            claimed_at_ms: None,
             last_error: None,
-            first_failed_at: None,
+            first_failed_at_ms: None,
             checks: 0,
-            dispatched_at: None,
+            dispatched_at_ms: None,
             open_pk: Some(OPEN_PK.to_owned()),
-            open_at: Some(now_ms),
+            open_at_ms: Some(now_ms),
             due_pk: None,
-            due_at: None,
+            due_at_ms: None,
         }
     }
 
     /// The item to store, keys included.
-    pub fn to_item(&self) -> Result<HashMap<String, AttributeValue>, ApiError> {
-        let mut item: HashMap<String, AttributeValue> = serde_dynamo::to_item(self)?;
-        item.insert("pk".into(), s(keys::user_pk(&self.user_id)));
-        item.insert("sk".into(), s(keys::session_sk(&self.session_id)));
+    pub fn to_item(&self) -> Result<Item> {
+        let mut item: Item = serde_dynamo::to_item(self)?;
+        item.extend(session_key(&self.user_id, &self.session_id));
         Ok(item)
+    }
+
+    /// The key of its item.
+    pub fn key(&self) -> Item {
+        session_key(&self.user_id, &self.session_id)
     }
 }
 
 /// Key of a session item.
-pub fn session_key(user_id: &str, session_id: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_owned(), s(keys::user_pk(user_id))),
-        ("sk".to_owned(), s(keys::session_sk(session_id))),
-    ])
+pub fn session_key(user_id: &str, session_id: &str) -> Item {
+    table::key(keys::user_pk(user_id), keys::session_sk(session_id))
 }
 
 /// Whether a string can be a session id (a ULID); anything else is simply not found.
@@ -221,11 +255,11 @@ pub async fn get(
     table: &str,
     user_id: &str,
     session_id: &str,
-) -> Result<Option<Session>, ApiError> {
+) -> Result<Option<Session>> {
     if !valid_session_id(session_id) {
         return Ok(None);
     }
-    crate::ledger::get_item(ddb, table, session_key(user_id, session_id)).await
+    table::get_item(ddb, table, session_key(user_id, session_id)).await
 }
 
 /// One page of the user's sessions, newest first.
@@ -233,9 +267,9 @@ pub async fn list(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     user_id: &str,
-    page: &crate::pagination::PageRequest,
-) -> Result<(Vec<Session>, Option<String>), ApiError> {
-    crate::pagination::query_prefix(
+    page: &PageRequest,
+) -> Result<(Vec<Session>, Option<String>)> {
+    page::query_prefix(
         ddb,
         table,
         &keys::user_pk(user_id),
@@ -245,6 +279,3 @@ pub async fn list(
     )
     .await
 }
-
-/// Partition value of the `due` index.
-pub const DUE_PK: &str = "DUE";

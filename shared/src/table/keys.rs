@@ -4,9 +4,12 @@
 
 use sha2::{Digest, Sha256};
 
+/// Partition key prefix of a user.
+pub const USER_PREFIX: &str = "USER#";
+
 /// The partition key of a user.
 pub fn user_pk(user_id: &str) -> String {
-    format!("USER#{user_id}")
+    format!("{USER_PREFIX}{user_id}")
 }
 
 /// Sort key of the account item (balances, lots, holds).

@@ -1,0 +1,146 @@
+//! Lot expiry: every lot past its expiry is expired in one transaction per account, its
+//! credits that back older holds kept with those holds.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+
+use super::plan::{plan_expiry, ExpiryPlan};
+use super::{
+    account_key, due_index_values, get_account, Account, EntryKind, LedgerEntry, EXPIRY_PK,
+    NO_EXPIRY,
+};
+use crate::fault::{Fault, Result};
+use crate::table::{self, number, string, TxFailure, MAX_ATTEMPTS};
+
+/// Expires every lot of `user_id` past its expiry; returns the credits lost.
+pub async fn expire_due(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user_id: &str,
+    now_secs: i64,
+) -> Result<i64> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some(account) = get_account(ddb, table, user_id).await? else {
+            return Ok(0);
+        };
+        if account.next_expiry_secs > now_secs {
+            return Ok(0);
+        }
+        let plan = plan_expiry(&account, now_secs);
+        let mut writes = vec![expiry_update(table, user_id, &account, &plan)?];
+        for entry in expiry_entries(&plan) {
+            writes.push(entry.put(table, user_id)?);
+        }
+        match table::transact(ddb, writes).await {
+            Ok(()) => return Ok(plan.expired()),
+            Err(TxFailure::Cancelled(_)) => table::backoff(attempt).await,
+            Err(TxFailure::Other(e)) => return Err(e),
+        }
+    }
+    Err(Fault::new("expiry gave up after repeated conflicts"))
+}
+
+/// The update of the account that applies an expiry plan, under the version read.
+fn expiry_update(
+    table: &str,
+    user_id: &str,
+    account: &Account,
+    plan: &ExpiryPlan,
+) -> Result<TransactWriteItem> {
+    let lost = plan.expired();
+    let mut names = HashMap::new();
+    let mut values = HashMap::from([
+        (":lost".to_owned(), number(lost)),
+        (":minus_lost".to_owned(), number(-lost)),
+        (":next".to_owned(), number(plan.next_expiry_secs)),
+        (":one".to_owned(), number(1)),
+        (":version".to_owned(), number(account.version)),
+        (":true".to_owned(), AttributeValue::Bool(true)),
+    ]);
+    let mut sets = vec!["next_expiry = :next".to_owned()];
+    let mut removes = Vec::new();
+    if plan.next_expiry_secs == NO_EXPIRY {
+        removes.extend(["due_pk".to_owned(), "due_at".to_owned()]);
+    } else {
+        values.extend(due_index_values(plan.next_expiry_secs));
+        sets.push("due_pk = :due_pk, due_at = :due_at".to_owned());
+    }
+    let mut conditions = vec!["version = :version".to_owned()];
+    for (i, (id, _, backing)) in plan.lots.iter().enumerate() {
+        names.insert(format!("#lot{i}"), id.clone());
+        if *backing == 0 {
+            removes.push(format!("lots.#lot{i}"));
+        } else {
+            values.insert(format!(":lot{i}"), number(*backing));
+            sets.push(format!("lots.#lot{i}.remaining = :lot{i}"));
+            sets.push(format!("lots.#lot{i}.expired = :true"));
+        }
+    }
+    for (i, (session_id, part)) in plan.holds.iter().enumerate() {
+        names.insert(format!("#hold{i}"), session_id.clone());
+        values.insert(format!(":hold{i}"), number(*part));
+        sets.push(format!("holds.#hold{i}.expired_part = :hold{i}"));
+        conditions.push(format!("attribute_exists(holds.#hold{i})"));
+    }
+    let mut expression = format!(
+        "SET {} ADD available :minus_lost, expired :lost, version :one",
+        sets.join(", ")
+    );
+    if !removes.is_empty() {
+        expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+    }
+    let update = Update::builder()
+        .table_name(table)
+        .set_key(Some(account_key(user_id)))
+        .update_expression(expression)
+        .condition_expression(conditions.join(" AND "))
+        .set_expression_attribute_names((!names.is_empty()).then_some(names))
+        .set_expression_attribute_values(Some(values))
+        .build()?;
+    Ok(TransactWriteItem::builder().update(update).build())
+}
+
+/// One `expire` ledger entry per lot that lost credits.
+fn expiry_entries(plan: &ExpiryPlan) -> Vec<LedgerEntry> {
+    plan.lots
+        .iter()
+        .filter(|(_, lost, _)| *lost > 0)
+        .map(|(id, lost, _)| {
+            let mut e = LedgerEntry::new(EntryKind::Expire, *lost);
+            e.lot_id = Some(id.clone());
+            e.d_available = -lost;
+            e.d_expired = *lost;
+            e
+        })
+        .collect()
+}
+
+/// Users with a lot past its expiry (`due` index), oldest first, at most `limit`.
+pub async fn users_with_expired_lots(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    now_ms: i64,
+    limit: i32,
+) -> Result<Vec<String>> {
+    let output = ddb
+        .query()
+        .table_name(table)
+        .index_name("due")
+        .key_condition_expression("due_pk = :pk AND due_at <= :now")
+        .expression_attribute_values(":pk", string(EXPIRY_PK))
+        .expression_attribute_values(":now", number(now_ms))
+        .limit(limit)
+        .send()
+        .await?;
+    Ok(output
+        .items
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|item| {
+            table::string_of(item, "pk")?
+                .strip_prefix(table::keys::USER_PREFIX)
+                .map(str::to_owned)
+        })
+        .collect())
+}
