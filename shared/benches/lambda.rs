@@ -8,9 +8,6 @@
 //!
 //! `cargo build --release --bins && scripts/with-moto.sh cargo bench -p shared --bench lambda`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +16,9 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
-use common::{parts, user, Event, World};
 use mock_provider::Knobs;
 use serde_json::{json, Value};
+use testkit::{parts, user, Event, World};
 use tokio::sync::Notify;
 
 #[derive(Clone)]
@@ -169,7 +166,7 @@ async fn main() {
         ("TABLE_NAME", config.table.clone()),
         ("QUEUE_URL", config.queue_url.clone()),
         ("BUCKET_NAME", config.bucket.clone()),
-        ("AWS_ENDPOINT_URL", common::endpoint()),
+        ("AWS_ENDPOINT_URL", testkit::endpoint()),
         ("AWS_ACCESS_KEY_ID", "testing".into()),
         ("AWS_SECRET_ACCESS_KEY", "testing".into()),
         ("AWS_REGION", "us-east-1".into()),

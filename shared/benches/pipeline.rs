@@ -9,18 +9,15 @@
 //! `scripts/with-moto.sh cargo bench -p shared --bench pipeline [four_images] [sweeper]`
 //! prints a table and writes `target/bench/pipeline.json`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::Instant;
 
-use common::{
-    deliver_once, generator_for, long_deadline, parts, rendering_sessions, sweeper_for, user,
-    Event, World,
-};
 use mock_provider::{Knobs, Latency};
 use serde_json::{json, Value};
 use shared::routes::enqueue::{handle, IMAGE_ROUTE};
+use testkit::{
+    deliver_once, generator_for, long_deadline, parts, rendering_sessions, sweeper_for, user,
+    Event, World,
+};
 
 const IMAGE_LATENCY_MS: u64 = 500;
 const TASK_CALL_LATENCY_MS: u64 = 200;

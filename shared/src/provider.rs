@@ -201,6 +201,28 @@ pub struct Task {
     pub error: Option<TaskError>,
 }
 
+/// Where a task is, from its `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// `queued` or `running` (or a status this client does not know yet): look again later.
+    Pending,
+    /// `succeeded`: the outputs are ready.
+    Succeeded,
+    /// `failed`, `cancelled` or `expired`: nothing will come.
+    Ended,
+}
+
+impl Task {
+    /// Where the task is.
+    pub fn state(&self) -> TaskState {
+        match self.status.as_str() {
+            "succeeded" => TaskState::Succeeded,
+            "failed" | "cancelled" | "expired" => TaskState::Ended,
+            _ => TaskState::Pending,
+        }
+    }
+}
+
 /// Outputs of a succeeded task.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct TaskContent {

@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::fault::{Context, Fault, Result};
 use crate::ledger;
-use crate::provider::{self, Task};
+use crate::provider::{self, Task, TaskState};
 use crate::queue::GenerationMessage;
 use crate::sessions::transitions::{self, Completion};
 use crate::sessions::{self, Output, Session, SessionError, Status, Timing};
@@ -387,9 +387,9 @@ async fn settle_render(
     task: &Task,
     counters: &Counters,
 ) -> Result<()> {
-    match task.status.as_str() {
-        "succeeded" => complete_render(sweeper, session, task, counters).await,
-        "failed" | "cancelled" | "expired" => {
+    match task.state() {
+        TaskState::Succeeded => complete_render(sweeper, session, task, counters).await,
+        TaskState::Ended => {
             let error = match &task.error {
                 Some(e) if provider::is_content_policy(&e.code) => SessionError {
                     code: "content_policy".into(),
@@ -404,7 +404,7 @@ async fn settle_render(
             };
             end_and_release(&sweeper.app, session, error, counters).await
         }
-        _ => still_rendering(sweeper, session, task, counters).await,
+        TaskState::Pending => still_rendering(sweeper, session, task, counters).await,
     }
 }
 

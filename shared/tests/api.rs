@@ -1,11 +1,9 @@
 //! The read and admin routes against moto, and the OpenAPI contract checked against real
 //! handler responses.
 
-mod common;
-
-use common::{admin, image_body, parts, user, Event, World};
 use serde_json::{json, Value};
 use shared::routes::{api, enqueue};
+use testkit::{admin, image_body, parts, user, Event, World};
 
 async fn call(world: &World, event: Event) -> (u16, Value) {
     parts(api::handle(&world.state, event.build()).await)
@@ -235,7 +233,10 @@ async fn health_needs_no_identity_and_other_routes_do() {
     let world = World::new().await;
     let (status, body) = call(&world, Event::new("GET /health", None)).await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
-    for route in api::ROUTES[1..].iter().chain(&shared::routes::admin::ROUTES) {
+    for route in api::ROUTES[1..]
+        .iter()
+        .chain(&shared::routes::admin::ROUTES)
+    {
         let (status, body) = call(
             &world,
             Event::new(route, None).path_param("id", "01J00000000000000000000000"),

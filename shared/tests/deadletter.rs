@@ -1,13 +1,11 @@
 //! Poison messages: DLQ → deadletter function → credits released → admin list, retry, delete,
 //! purge (admins only).
 
-mod common;
-
-use common::{admin, deliver_once, generator_for, parts, user, Event, World};
 use mock_provider::Knobs;
 use serde_json::{json, Value};
 use shared::routes::{api, enqueue};
 use shared::sessions::{self, Status};
+use testkit::{admin, deliver_once, generator_for, parts, user, Event, World};
 
 async fn admin_call(world: &World, event: Event) -> (u16, Value) {
     parts(api::handle(&world.state, event.build()).await)
@@ -23,7 +21,7 @@ async fn poison(world: &World, mock: &mock_provider::MockHandle, prompt: &str) -
     for _ in 0..4 {
         deliver_once(world, &generator).await;
     }
-    let (event, receipts) = common::receive_event(&world.state.aws.sqs, &world.dlq_url).await;
+    let (event, receipts) = testkit::receive_event(&world.state.aws.sqs, &world.dlq_url).await;
     assert_eq!(receipts.len(), 1, "the poisoned message reached the DLQ");
     let response = shared::deadletter::handle_batch(world.state.clone(), event).await;
     assert!(response.batch_item_failures.is_empty());

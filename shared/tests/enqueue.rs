@@ -1,10 +1,8 @@
 //! The enqueue routes against moto: reserve, idempotency, caps, hostile input.
 
-mod common;
-
-use common::{image_body, parts, user, Event, World};
 use serde_json::json;
 use shared::routes::enqueue::{handle, IMAGE_ROUTE, VIDEO_ROUTE};
+use testkit::{image_body, parts, user, Event, World};
 
 async fn post(
     world: &World,

@@ -1,17 +1,15 @@
 //! The generator against moto and the mock provider.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
-    deliver_once, generator_for, generator_with_timeout, objects, parts, user, Event, World,
-};
 use mock_provider::{Knobs, Latency};
 use serde_json::json;
 use shared::batch::{run_batch, Outcome};
 use shared::routes::enqueue::{handle, IMAGE_ROUTE, VIDEO_ROUTE};
 use shared::sessions::{self, Session, Status};
+use testkit::{
+    deliver_once, generator_for, generator_with_timeout, objects, parts, user, Event, World,
+};
 
 async fn enqueue(world: &World, route: &'static str, body: serde_json::Value) -> String {
     let event = Event::new(route, user("gen")).body(body.to_string());
@@ -218,7 +216,7 @@ async fn a_duplicate_delivery_makes_one_provider_call_set_and_one_capture() {
     let generator = generator_for(&world, &mock).await;
     let id = enqueue(&world, IMAGE_ROUTE, json!({"prompt": "dup", "n": 3})).await;
     let (mut event, _) =
-        common::receive_event(&world.state.aws.sqs, &world.state.config.queue_url).await;
+        testkit::receive_event(&world.state.aws.sqs, &world.state.config.queue_url).await;
     // The same message twice in one batch, and once more afterwards.
     let mut twin = event.records[0].clone();
     twin.message_id = Some("twin".into());
@@ -255,7 +253,7 @@ async fn a_message_that_always_fails_lands_in_the_dlq_after_max_receives() {
         assert_eq!(failed.len(), count);
     }
     assert_eq!(deliveries, 3, "maxReceiveCount is 3");
-    let dead = common::drain(&world.state.aws.sqs, &world.dlq_url).await;
+    let dead = testkit::drain(&world.state.aws.sqs, &world.dlq_url).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["session_id"], id.as_str());
     assert_eq!(

@@ -1,10 +1,8 @@
 //! The credit ledger against moto: lots, expiry, capture and release exactly once, conservation.
 
-mod common;
-
-use common::World;
 use shared::clock;
 use shared::ledger::{self, EntryKind, Reservation, ReserveError, Settlement};
+use testkit::World;
 
 async fn hold(world: &World, user: &str, amount: i64) -> Result<String, ReserveError> {
     let session = shared::table::keys::new_id();

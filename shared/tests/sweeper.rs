@@ -1,19 +1,17 @@
 //! The sweeper against moto and the mock provider: renders, stuck sessions, stale holds, lots.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
-    deliver_once, entry_count, generator_for, long_deadline, objects, parts, rendering_sessions,
-    sweeper_for, user, Event, World,
-};
 use mock_provider::{Knobs, Latency};
 use serde_json::json;
 use shared::ledger::EntryKind;
 use shared::routes::enqueue::{handle, IMAGE_ROUTE, VIDEO_ROUTE};
 use shared::sessions::{self, Session, Status};
 use shared::sweeper::{sweep, Settings};
+use testkit::{
+    deliver_once, entry_count, generator_for, long_deadline, objects, parts, rendering_sessions,
+    sweeper_for, user, Event, World,
+};
 
 fn instant_renders() -> Knobs {
     Knobs {
@@ -266,21 +264,23 @@ async fn a_short_deadline_stops_cleanly_and_the_next_run_finishes() {
 
 #[tokio::test]
 async fn a_crash_between_reserve_and_send_is_redispatched_and_completes_once() {
-    let broken =
-        World::with(|c| c.queue_url = format!("{}/000000000000/no-such-queue", common::endpoint()))
-            .await;
+    let broken = World::with(|c| {
+        c.queue_url = format!("{}/000000000000/no-such-queue", testkit::endpoint())
+    })
+    .await;
     broken.grant("c", 100, None).await;
     let id = enqueue(&broken, "c", IMAGE_ROUTE, json!({"prompt": "lost", "n": 2})).await;
     // The same table, with the real queue: what the sweeper and generator see.
     let world = World {
         state: shared::AppState {
             config: std::sync::Arc::new(shared::config::Config {
-                queue_url: real_queue(&broken).await,
+                queue_url: broken.queue_url.clone(),
                 ..(*broken.state.config).clone()
             }),
             aws: broken.state.aws.clone(),
         },
         calls: broken.calls.clone(),
+        queue_url: broken.queue_url.clone(),
         dlq_url: broken.dlq_url.clone(),
     };
     assert!(
@@ -316,22 +316,6 @@ async fn a_crash_between_reserve_and_send_is_redispatched_and_completes_once() {
     assert_eq!((done.status, done.credits_captured), (Status::Completed, 4));
     assert_eq!(entry_count(&world, "c", EntryKind::Capture).await, 1);
     world.assert_conserved("c").await;
-}
-
-/// The generation queue created for a world (its config names a broken one).
-async fn real_queue(world: &World) -> String {
-    let name = world.table().replace("-table", "-queue");
-    world
-        .state
-        .aws
-        .sqs
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap()
 }
 
 #[tokio::test]
