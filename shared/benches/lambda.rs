@@ -152,10 +152,7 @@ const RUNS: usize = 5;
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` builds and starts benchmarks too; they only run under
-    // `cargo bench`, which passes `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with cargo bench");
+    if !testkit::bench_requested() {
         return;
     }
     let world = World::with(|c| c.inflight_cap = 1000).await;
@@ -219,15 +216,10 @@ async fn main() {
             "event": match function { "generator" => "full batch: 10 sessions x 4 images", "enqueue" => "POST image generation", "api" => "GET balance", "sweeper" => "scheduled run", _ => "one dead letter" },
         }));
     }
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    let path = out.join("pipeline.json");
-    let mut all: serde_json::Map<String, Value> = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    all.insert("lambda".into(), Value::Array(rows));
-    std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap()).unwrap();
+    testkit::record_bench_results(serde_json::Map::from_iter([(
+        "lambda".to_owned(),
+        Value::Array(rows),
+    )]));
 }
 
 /// An SQS event of ten fresh 4-image sessions.

@@ -26,10 +26,7 @@ const RUNS: usize = 3;
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` builds and starts benchmarks too; they only run under
-    // `cargo bench`, which passes `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with cargo bench");
+    if !testkit::bench_requested() {
         return;
     }
     let wanted: Vec<String> = std::env::args()
@@ -47,15 +44,7 @@ async fn main() {
     if enabled("sweeper") {
         results.insert("sweeper".into(), sweeper().await);
     }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    let path = out.join("pipeline.json");
-    let mut all: serde_json::Map<String, Value> = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    all.extend(results.clone());
-    std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap()).unwrap();
+    testkit::record_bench_results(results.clone());
     println!(
         "{}",
         serde_json::to_string_pretty(&Value::Object(results)).unwrap()

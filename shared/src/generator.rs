@@ -48,11 +48,10 @@ pub struct Generator {
 impl Generator {
     /// Reads the configuration and the provider key, and builds every client.
     pub async fn from_env() -> std::result::Result<Self, crate::config::ConfigError> {
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let app = AppState::from_sdk_config(&sdk)?;
+        let (app, provider) = AppState::from_env_with_provider().await?;
         Ok(Self {
             app,
-            provider: provider::Client::from_env(&sdk).await?,
+            provider,
             image_concurrency: crate::config::env_number("IMAGE_CONCURRENCY", 8)?,
             lease_ms: crate::config::env_number("LEASE_MS", 90_000)?,
             first_check_ms: crate::config::env_number("FIRST_CHECK_MS", 15_000)?,

@@ -62,6 +62,17 @@ impl AppState {
         Self::from_sdk_config(&sdk)
     }
 
+    /// Reads the configuration, builds the AWS clients and the provider client (with its key,
+    /// read once): what the workers that call the provider need.
+    pub async fn from_env_with_provider(
+    ) -> std::result::Result<(Self, provider::Client), config::ConfigError> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Ok((
+            Self::from_sdk_config(&sdk)?,
+            provider::Client::from_env(&sdk).await?,
+        ))
+    }
+
     /// Reads the configuration and builds the AWS clients from a loaded SDK configuration.
     pub fn from_sdk_config(
         sdk: &aws_config::SdkConfig,

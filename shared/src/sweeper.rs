@@ -101,13 +101,20 @@ pub struct Sweeper {
 impl Sweeper {
     /// Reads the configuration and the provider key, and builds every client.
     pub async fn from_env() -> std::result::Result<Self, crate::config::ConfigError> {
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let app = AppState::from_sdk_config(&sdk)?;
+        let (app, provider) = AppState::from_env_with_provider().await?;
         Ok(Self {
             app,
-            provider: provider::Client::from_env(&sdk).await?,
+            provider,
             settings: Settings::from_env()?,
         })
+    }
+
+    fn ddb(&self) -> &aws_sdk_dynamodb::Client {
+        &self.app.aws.dynamodb
+    }
+
+    fn table(&self) -> &str {
+        &self.app.config.table
     }
 }
 
@@ -161,6 +168,11 @@ struct Counters {
 }
 
 impl Counters {
+    /// Counts one on `counter` if it `happened`.
+    fn count(counter: &AtomicU64, happened: bool) {
+        counter.fetch_add(u64::from(happened), Ordering::Relaxed);
+    }
+
     fn add_to(self, report: &mut Report) {
         report.tasks_checked += self.checked.into_inner();
         report.completed += self.completed.into_inner();
@@ -453,11 +465,10 @@ async fn complete_render(
         note: None,
         timing,
     };
-    if transitions::complete_with_capture(&app.aws.dynamodb, &app.config.table, session, completion)
-        .await?
-    {
-        counters.completed.fetch_add(1, Ordering::Relaxed);
-    }
+    let completed =
+        transitions::complete_with_capture(sweeper.ddb(), sweeper.table(), session, completion)
+            .await?;
+    Counters::count(&counters.completed, completed);
     Ok(())
 }
 
@@ -487,11 +498,10 @@ async fn still_rendering(
     let (first, longest) = sweeper.settings.check_backoff_ms;
     let delay = (first << session.checks.min(6)).min(longest);
     let next_at_ms = clock::now_ms() + delay;
-    if transitions::schedule_next_check(&app.aws.dynamodb, &app.config.table, session, next_at_ms)
-        .await?
-    {
-        counters.rendering.fetch_add(1, Ordering::Relaxed);
-    }
+    let scheduled =
+        transitions::schedule_next_check(sweeper.ddb(), sweeper.table(), session, next_at_ms)
+            .await?;
+    Counters::count(&counters.rendering, scheduled);
     Ok(())
 }
 
@@ -501,9 +511,10 @@ async fn end_and_release(
     error: SessionError,
     counters: &Counters,
 ) -> Result<()> {
-    if transitions::fail_with_release(&app.aws.dynamodb, &app.config.table, session, error).await? {
-        counters.failed.fetch_add(1, Ordering::Relaxed);
-    }
+    let failed =
+        transitions::fail_with_release(&app.aws.dynamodb, &app.config.table, session, error)
+            .await?;
+    Counters::count(&counters.failed, failed);
     Ok(())
 }
 

@@ -14,3 +14,27 @@ pub mod world;
 pub use events::*;
 pub use workers::*;
 pub use world::*;
+
+/// Whether a benchmark binary was started by `cargo bench` (which passes `--bench`):
+/// `cargo test --all-targets` builds and starts benchmarks too, and they must not run there.
+pub fn bench_requested() -> bool {
+    let requested = std::env::args().any(|a| a == "--bench");
+    if !requested {
+        println!("benchmark skipped: run it with cargo bench");
+    }
+    requested
+}
+
+/// Merges a benchmark's results into `target/bench/pipeline.json`, which `make bench` renders
+/// into docs/PERFORMANCE.md (each benchmark owns its top-level keys).
+pub fn record_bench_results(results: serde_json::Map<String, serde_json::Value>) {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let path = out.join("pipeline.json");
+    let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    all.extend(results);
+    std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap()).unwrap();
+}
