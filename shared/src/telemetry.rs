@@ -25,8 +25,6 @@ pub mod metrics {
 
     use serde_json::{json, Map, Value};
 
-    use crate::sessions::Timing;
-
     /// Namespace of every metric.
     pub const NAMESPACE: &str = "GenAI";
 
@@ -76,13 +74,14 @@ pub mod metrics {
         );
     }
 
-    /// A finished session: its outcome, reason, images delivered and credits captured.
+    /// A finished session: its outcome, reason, images delivered, credits captured and how
+    /// long it took from acceptance to the end.
     pub fn session_finished(
         outcome: &str,
         reason: &str,
         delivered: usize,
         captured: i64,
-        timing: &Timing,
+        total_ms: i64,
     ) {
         emit(
             &[("Outcome", outcome), ("Reason", reason)],
@@ -90,7 +89,7 @@ pub mod metrics {
                 ("Sessions", "Count", 1.0),
                 ("ImagesDelivered", "Count", delivered as f64),
                 ("CreditsCaptured", "Count", captured as f64),
-                ("SessionTotal", "Milliseconds", timing.total_ms as f64),
+                ("SessionTotal", "Milliseconds", total_ms as f64),
             ],
         );
     }

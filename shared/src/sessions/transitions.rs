@@ -303,7 +303,7 @@ pub async fn complete_with_capture(
                 provider_ms = timing.provider_ms,
                 "session completed"
             );
-            metrics::session_finished("completed", "none", delivered, captured, timing);
+            metrics::session_finished("completed", "none", delivered, captured, timing.total_ms);
             Ok(true)
         }
         _ => Ok(false),
@@ -330,7 +330,7 @@ pub async fn fail_with_release(
     match settle_with(ddb, table, session, 0, update).await {
         Some(Settlement::Settled { .. }) => {
             tracing::info!(session = %session.session_id, %reason, "session failed; credits released");
-            metrics::session_finished("failed", &reason, 0, 0, &Timing::default());
+            metrics::session_finished("failed", &reason, 0, 0, 0);
             Ok(true)
         }
         _ => Ok(false),
