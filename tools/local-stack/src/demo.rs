@@ -9,9 +9,12 @@ use serde_json::{json, Value};
 use crate::client::Client;
 use crate::jwt::JwtConfig;
 use crate::log::Logger;
-use crate::stack::DEMO_USER;
 use crate::template::{Function, Template};
 
+/// The demo user, seeded with credits when the stack starts.
+pub const DEMO_USER: &str = "demo-user";
+/// Credits granted to the demo user.
+pub const DEMO_CREDITS: i64 = 500;
 /// Route key of image generation.
 pub const IMAGE_ROUTE: &str = "POST /api/images/seedream4/generate";
 /// Route key of video generation.

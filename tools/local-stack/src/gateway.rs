@@ -188,71 +188,10 @@ pub fn build_event(
     request_id: &str,
     domain: &str,
 ) -> Value {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    let mut cookies: Vec<String> = Vec::new();
-    for (name, value) in &incoming.headers {
-        if name == "cookie" {
-            cookies.extend(
-                value
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned),
-            );
-            continue;
-        }
-        headers
-            .entry(name.clone())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(value);
-            })
-            .or_insert_with(|| value.clone());
-    }
-    headers
-        .entry("x-forwarded-for".into())
-        .or_insert_with(|| incoming.source_ip.clone());
-    headers
-        .entry("x-forwarded-proto".into())
-        .or_insert_with(|| "http".into());
-    if let Some(port) = domain.rsplit_once(':').map(|(_, p)| p.to_owned()) {
-        headers.entry("x-forwarded-port".into()).or_insert(port);
-    }
-    headers.entry("x-amzn-trace-id".into()).or_insert_with(|| {
-        let random = ulid::Ulid::new().0 & ((1u128 << 96) - 1);
-        format!("Root=1-{:08x}-{random:024x}", now_ms() / 1000)
-    });
-
-    let mut query: BTreeMap<String, String> = BTreeMap::new();
-    for pair in incoming.raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        query
-            .entry(decode(k))
-            .and_modify(|x| {
-                x.push(',');
-                x.push_str(&decode(v));
-            })
-            .or_insert_with(|| decode(v));
-    }
-
+    let (headers, cookies) = event_headers(incoming, domain);
+    let query = query_parameters(&incoming.raw_query);
     let content_type = headers.get("content-type").map(String::as_str);
-    let (body, is_base64) = if incoming.body.is_empty() {
-        (Value::Null, false)
-    } else if is_text(content_type) {
-        match std::str::from_utf8(&incoming.body) {
-            Ok(text) => (Value::String(text.to_owned()), false),
-            Err(_) => (
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&incoming.body)),
-                true,
-            ),
-        }
-    } else {
-        (
-            Value::String(base64::engine::general_purpose::STANDARD.encode(&incoming.body)),
-            true,
-        )
-    };
-
+    let (body, is_base64) = event_body(&incoming.body, content_type);
     let route_key = route.key();
     let now = time::OffsetDateTime::now_utc();
     let mut context = json!({
@@ -298,6 +237,82 @@ pub fn build_event(
         event["body"] = body;
     }
     event
+}
+
+/// The event's headers (repeated ones joined with commas, as API Gateway does, plus the
+/// `x-forwarded-*` and trace headers it adds) and its cookies.
+fn event_headers(incoming: &Incoming, domain: &str) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    let mut cookies: Vec<String> = Vec::new();
+    for (name, value) in &incoming.headers {
+        if name == "cookie" {
+            cookies.extend(
+                value
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned),
+            );
+            continue;
+        }
+        headers
+            .entry(name.clone())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.clone());
+    }
+    headers
+        .entry("x-forwarded-for".into())
+        .or_insert_with(|| incoming.source_ip.clone());
+    headers
+        .entry("x-forwarded-proto".into())
+        .or_insert_with(|| "http".into());
+    if let Some(port) = domain.rsplit_once(':').map(|(_, p)| p.to_owned()) {
+        headers.entry("x-forwarded-port".into()).or_insert(port);
+    }
+    headers.entry("x-amzn-trace-id".into()).or_insert_with(|| {
+        let random = ulid::Ulid::new().0 & ((1u128 << 96) - 1);
+        format!("Root=1-{:08x}-{random:024x}", now_ms() / 1000)
+    });
+    (headers, cookies)
+}
+
+/// The query string decoded, repeated keys joined with commas.
+fn query_parameters(raw_query: &str) -> BTreeMap<String, String> {
+    let mut query: BTreeMap<String, String> = BTreeMap::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        query
+            .entry(decode(k))
+            .and_modify(|x| {
+                x.push(',');
+                x.push_str(&decode(v));
+            })
+            .or_insert_with(|| decode(v));
+    }
+    query
+}
+
+/// The body as the event carries it: text as is, anything else in base64 (the flag says which).
+fn event_body(body: &[u8], content_type: Option<&str>) -> (Value, bool) {
+    if body.is_empty() {
+        (Value::Null, false)
+    } else if is_text(content_type) {
+        match std::str::from_utf8(body) {
+            Ok(text) => (Value::String(text.to_owned()), false),
+            Err(_) => (
+                Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+                true,
+            ),
+        }
+    } else {
+        (
+            Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+            true,
+        )
+    }
 }
 
 fn format_time(t: time::OffsetDateTime) -> String {
@@ -471,38 +486,9 @@ async fn respond(
 ) -> (Response<Body>, String) {
     let method = parts.method.as_str().to_ascii_uppercase();
     let path = parts.uri.path().to_owned();
-
-    // CORS preflight, answered by API Gateway itself when the API has a CORS configuration.
-    if let Some(cors) = &gateway.cors {
-        if method == "OPTIONS"
-            && parts.headers.contains_key("origin")
-            && parts.headers.contains_key("access-control-request-method")
-        {
-            let origin = parts.headers["origin"].to_str().unwrap_or_default();
-            let mut response = Response::builder()
-                .status(StatusCode::NO_CONTENT)
-                .body(Body::empty())
-                .expect("a static response");
-            if cors.allows(origin) {
-                let headers = response.headers_mut();
-                insert(
-                    headers,
-                    "access-control-allow-methods",
-                    &cors.allow_methods.join(","),
-                );
-                insert(
-                    headers,
-                    "access-control-allow-headers",
-                    &cors.allow_headers.join(","),
-                );
-                if let Some(age) = cors.max_age {
-                    insert(headers, "access-control-max-age", &age.to_string());
-                }
-            }
-            return (response, " (CORS preflight)".into());
-        }
+    if let Some(response) = preflight(gateway, &method, &parts.headers) {
+        return (response, " (CORS preflight)".into());
     }
-
     let Some((route, params)) = match_route(&gateway.routes, &method, &path) else {
         return (
             message(StatusCode::NOT_FOUND, "Not Found"),
@@ -510,7 +496,6 @@ async fn respond(
         );
     };
     let target = format!(" -> {} [{}]", route.binary, route.key());
-
     let claims = if route.authorized {
         let header = parts
             .headers
@@ -518,20 +503,11 @@ async fn respond(
             .and_then(|v| v.to_str().ok());
         match gateway.jwt.verify(header) {
             Ok(claims) => Some(claims),
-            Err(why) => {
-                let mut response = message(StatusCode::UNAUTHORIZED, "Unauthorized");
-                insert(
-                    response.headers_mut(),
-                    "www-authenticate",
-                    "Bearer scope=\"\" error=\"invalid_token\" error_description=\"the token is missing, malformed, expired or not signed with the local dev key\"",
-                );
-                return (response, format!("{target}: {why}"));
-            }
+            Err(why) => return (unauthorized(), format!("{target}: {why}")),
         }
     } else {
         None
     };
-
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -542,8 +518,8 @@ async fn respond(
         }
     };
     let incoming = Incoming {
-        method: method.clone(),
-        raw_path: path.clone(),
+        method,
+        raw_path: path,
         raw_query: parts.uri.query().unwrap_or_default().to_owned(),
         headers: parts
             .headers
@@ -562,22 +538,77 @@ async fn respond(
         .headers
         .get("host")
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned();
+        .unwrap_or("localhost");
     let event = build_event(
         route,
         &params,
         &incoming,
         claims.as_ref(),
         request_id,
-        &domain,
+        domain,
     );
+    invoke(gateway, route, &event, target).await
+}
+
+/// A CORS preflight, which API Gateway answers itself when the API has a CORS configuration.
+fn preflight(gateway: &Gateway, method: &str, headers: &HeaderMap) -> Option<Response<Body>> {
+    let cors = gateway.cors.as_ref()?;
+    if method != "OPTIONS"
+        || !headers.contains_key("origin")
+        || !headers.contains_key("access-control-request-method")
+    {
+        return None;
+    }
+    let origin = headers["origin"].to_str().unwrap_or_default();
+    let mut response = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Body::empty())
+        .expect("a static response");
+    if cors.allows(origin) {
+        let headers = response.headers_mut();
+        insert(
+            headers,
+            "access-control-allow-methods",
+            &cors.allow_methods.join(","),
+        );
+        insert(
+            headers,
+            "access-control-allow-headers",
+            &cors.allow_headers.join(","),
+        );
+        if let Some(age) = cors.max_age {
+            insert(headers, "access-control-max-age", &age.to_string());
+        }
+    }
+    Some(response)
+}
+
+/// The 401 of API Gateway's JWT authorizer.
+fn unauthorized() -> Response<Body> {
+    let mut response = message(StatusCode::UNAUTHORIZED, "Unauthorized");
+    insert(
+        response.headers_mut(),
+        "www-authenticate",
+        "Bearer scope=\"\" error=\"invalid_token\" error_description=\"the token is missing, malformed, expired or not signed with the local dev key\"",
+    );
+    response
+}
+
+/// Invokes the route's function and maps its result the way API Gateway does (a timeout is a
+/// 503, anything unusable a 500).
+async fn invoke(
+    gateway: &Gateway,
+    route: &Route,
+    event: &Value,
+    target: String,
+) -> (Response<Body>, String) {
     let timeout = gateway
         .timeouts
         .get(&route.binary)
         .copied()
         .unwrap_or(gateway.default_timeout);
-    match gateway.invoker.invoke(&route.binary, &event, timeout).await {
+    let internal = || message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+    match gateway.invoker.invoke(&route.binary, event, timeout).await {
         Ok(result) => match map_response(&result) {
             Ok(mapped) => {
                 let mut builder = Response::builder().status(mapped.status);
@@ -586,14 +617,11 @@ async fn respond(
                 }
                 match builder.body(Body::from(mapped.body)) {
                     Ok(r) => (r, target),
-                    Err(e) => (
-                        message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
-                        format!("{target}: unusable response: {e}"),
-                    ),
+                    Err(e) => (internal(), format!("{target}: unusable response: {e}")),
                 }
             }
             Err(why) => (
-                message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+                internal(),
                 format!("{target}: malformed function response: {why}"),
             ),
         },
@@ -601,10 +629,7 @@ async fn respond(
             message(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
             format!("{target}: {}", InvokeError::Timeout(t)),
         ),
-        Err(e) => (
-            message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
-            format!("{target}: {e}"),
-        ),
+        Err(e) => (internal(), format!("{target}: {e}")),
     }
 }
 

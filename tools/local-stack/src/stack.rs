@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::build;
 use crate::client::Client;
+use crate::demo::{DEMO_CREDITS, DEMO_USER};
 use crate::gateway::{self, Cors, Gateway};
 use crate::invoke::Invoker;
 use crate::jwt::JwtConfig;
@@ -26,10 +27,6 @@ use crate::schedule;
 use crate::state::{FunctionState, State};
 use crate::template::{Function, QueueSpec, Resolver, Template, REGION};
 
-/// The demo user seeded with credits.
-pub const DEMO_USER: &str = "demo-user";
-/// Credits granted to the demo user.
-pub const DEMO_CREDITS: i64 = 500;
 /// The admin identity the CLI uses for admin routes.
 pub const ADMIN_USER: &str = "local-admin";
 /// The mock provider's API key.
@@ -119,10 +116,17 @@ pub async fn up(options: UpOptions) -> i32 {
     }));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut signals = Box::pin(signal());
+    let launch = Launch {
+        options: &options,
+        run_id: &run_id,
+        log: &log,
+        running: &running,
+        shutdown: shutdown_rx,
+    };
 
     let mut code = 0;
     tokio::select! {
-        ready = start(&options, &run_id, &log, &running, shutdown_rx.clone(), started) => {
+        ready = start(&launch, started) => {
             match ready {
                 Err(e) => {
                     log.end_progress();
@@ -498,15 +502,26 @@ pub fn warm_up_event(template: &Template, binary: &str) -> Option<serde_json::Va
         .map(|s| schedule::scheduled_event(&s))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start(
-    options: &UpOptions,
-    run_id: &str,
-    log: &Logger,
-    running: &Arc<Mutex<Running>>,
+/// What every start-up step shares: the options, the run, the log, and the processes and
+/// tasks to stop at the end.
+struct Launch<'a> {
+    options: &'a UpOptions,
+    run_id: &'a str,
+    log: &'a Logger,
+    running: &'a Arc<Mutex<Running>>,
     shutdown: watch::Receiver<bool>,
-    started: Instant,
-) -> Result<Ready, String> {
+}
+
+/// The local endpoints of a started stack.
+struct Endpoints {
+    gateway: String,
+    lambda: String,
+    moto: String,
+    mock: String,
+}
+
+async fn start(launch: &Launch<'_>, started: Instant) -> Result<Ready, String> {
+    let (options, log) = (launch.options, launch.log);
     let root = &options.root;
     let template = Template::load(&root.join("template.yaml")).map_err(|e| e.to_string())?;
     let (functions, without_binary) = template.functions();
@@ -520,6 +535,87 @@ async fn start(
         log.line("local", &format!("event not played locally: {e}"));
     }
     let workspace = build::workspace(root).await?;
+    let (present, missing) = match_binaries(&functions, &workspace, log);
+    let (venv_bin, moto_url) = launch.moto_while_building(&present).await?;
+    let sdk = resources::sdk_config(&moto_url).await;
+    let (created, resolver) = launch.create_resources(&template, &sdk).await?;
+    let mock_url = launch.start_mock(&workspace).await?;
+    let provider_api = format!("{mock_url}/api/v3");
+    let (env, notes) = function_environment(
+        &functions,
+        &template.queues(),
+        &resolver,
+        &created,
+        &moto_url,
+        &provider_api,
+        &options.env,
+    );
+    for note in notes {
+        log.line("local", &note);
+    }
+    let lambda_url = launch.start_functions(&venv_bin, &env).await?;
+    let invoker = Invoker::new(&lambda_url);
+    let dev_key = options
+        .dev_key
+        .clone()
+        .unwrap_or_else(crate::jwt::random_key);
+    let jwt = jwt_config(&template, &resolver, dev_key);
+    let timeouts = function_timeouts(&functions);
+    let gateway = Gateway {
+        routes: template.routes(),
+        jwt: jwt.clone(),
+        cors: cors(&template, &resolver),
+        timeouts: timeouts.clone(),
+        default_timeout: Duration::from_secs(30) + BUILD_SLACK,
+        invoker: invoker.clone(),
+        log: Some(log.clone()),
+    };
+    let routes = gateway.routes.clone();
+    let gateway_url = launch.start_gateway(gateway).await?;
+
+    // The first invocation of each function starts `cargo run --bin <name>`.
+    warm_up(&template, &present, &invoker, log).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sources = (&workspace, &invoker, &timeouts);
+    launch
+        .start_pollers(&template, sources, &created, &sqs)
+        .await;
+    launch.start_schedules(&template, sources).await;
+    let client = Client::new(&gateway_url);
+    seed_demo_user(&client, &jwt, log).await;
+
+    let endpoints = Endpoints {
+        gateway: gateway_url.clone(),
+        lambda: lambda_url,
+        moto: moto_url,
+        mock: mock_url,
+    };
+    let state = launch.save_state(endpoints, &jwt, &created, &functions, &workspace, &routes)?;
+    let token = jwt.issue(DEMO_USER, None, &[], 12 * 3600);
+    log.plain(&banner(
+        &state,
+        &token,
+        started.elapsed(),
+        &relative(root, &options.state_dir),
+        &missing,
+    ));
+    log.line("local", &format!("local stack ready at {gateway_url}"));
+    Ok(Ready {
+        state,
+        client,
+        jwt,
+        template,
+        present,
+    })
+}
+
+/// Splits the template's functions into those the workspace builds and those it lacks, and
+/// says which workspace binaries no event reaches.
+fn match_binaries(
+    functions: &[Function],
+    workspace: &build::Workspace,
+    log: &Logger,
+) -> (Vec<Function>, Vec<Function>) {
     let (present, missing): (Vec<Function>, Vec<Function>) = functions
         .iter()
         .cloned()
@@ -542,169 +638,12 @@ async fn start(
             );
         }
     }
+    (present, missing)
+}
 
-    // The venv and moto, while the binaries build.
-    let mut to_build = vec!["mock-provider".to_owned()];
-    to_build.extend(present.iter().map(|f| f.binary.clone()));
-    to_build.dedup();
-    let moto = async {
-        let bin = venv(root, log).await?;
-        let mut cmd = Command::new(bin.join("python"));
-        cmd.args(["scripts/moto_server.py", "--port", "0"])
-            .current_dir(root)
-            .env("PYTHONUNBUFFERED", "1");
-        let show: procs::LineFilter = if options.verbose { show_all } else { moto_line };
-        let (proc, mut rx) = procs::spawn(cmd, "moto", run_id, Stop::Kill, log, show)
-            .map_err(|e| format!("cannot start moto: {e}"))?;
-        running.lock().await.procs.push(proc);
-        let url = ready_line(
-            &mut rx,
-            "moto listening on",
-            "moto",
-            Duration::from_secs(90),
-        )
-        .await?;
-        Ok::<(PathBuf, String), String>((bin, url))
-    };
-    let (moto, built) = tokio::join!(moto, build::build(root, &to_build, log));
-    built?;
-    let (venv_bin, moto_url) = moto?;
-
-    // Resources, as template.yaml declares them.
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&moto_url)
-        .region(aws_config::Region::new(REGION))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "local-stack",
-        ))
-        .load()
-        .await;
-    let (created, resolver) = resources::create(
-        &template,
-        &sdk,
-        &resources::Options {
-            visibility_timeout: options.visibility_timeout,
-            ..Default::default()
-        },
-    )
-    .await?;
-    log.line(
-        "moto",
-        &format!(
-            "created tables {:?}, queues {:?}, buckets {:?}{}",
-            created.tables.values().collect::<Vec<_>>(),
-            created
-                .queues
-                .values()
-                .map(|u| u.rsplit('/').next().unwrap_or_default())
-                .collect::<Vec<_>>(),
-            created.buckets.values().collect::<Vec<_>>(),
-            options
-                .visibility_timeout
-                .map(|v| format!(" (queue visibility timeout {v}s)"))
-                .unwrap_or_default()
-        ),
-    );
-    log.file_only(
-        "moto",
-        &format!("not emulated: {}", created.not_emulated.join(", ")),
-    );
-
-    // The mock provider.
-    let mut cmd = Command::new(workspace.target_dir.join("debug/mock-provider"));
-    cmd.args(["--addr", "127.0.0.1:0", "--api-key", MOCK_KEY])
-        .current_dir(root);
-    let (proc, mut rx) = procs::spawn(
-        cmd,
-        "mock",
-        run_id,
-        Stop::Term(Duration::from_secs(3)),
-        log,
-        show_all,
-    )
-    .map_err(|e| format!("cannot start the mock provider: {e}"))?;
-    running.lock().await.procs.push(proc);
-    let mock_url = ready_line(
-        &mut rx,
-        "listening on",
-        "the mock provider",
-        Duration::from_secs(20),
-    )
-    .await?;
-    let provider_api = format!("{mock_url}/api/v3");
-    log.line("mock", &format!("ready at {provider_api} (key {MOCK_KEY})"));
-
-    // Every function under cargo lambda watch, bound to 127.0.0.1.
-    let (env, notes) = function_environment(
-        &functions,
-        &template.queues(),
-        &resolver,
-        &created,
-        &moto_url,
-        &provider_api,
-        &options.env,
-    );
-    for note in notes {
-        log.line("local", &note);
-    }
-    // The same environment, for a `cargo lambda watch --env-file` of one's own.
-    let env_file: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    let _ = std::fs::create_dir_all(&options.state_dir);
-    let _ = std::fs::write(options.state_dir.join("lambda.env"), env_file);
-    let lambda_port = free_port().await?;
-    let mut cmd = Command::new(venv_bin.join("cargo-lambda"));
-    cmd.args(["lambda", "watch", "-A", "127.0.0.1", "-P"])
-        .arg(lambda_port.to_string())
-        .args(["--color", "never", "--concurrency"])
-        .arg(options.concurrency.max(1).to_string());
-    if !options.reload {
-        cmd.arg("--ignore-changes");
-    }
-    cmd.current_dir(root)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("CARGO_TERM_COLOR", "never")
-        .env(
-            "CARGO_LAMBDA_IGNORE_FILE",
-            root.join("tools/local-stack/watch.ignore"),
-        )
-        .envs(&env);
-    let (proc, _rx) = procs::spawn(
-        cmd,
-        "lambda",
-        run_id,
-        Stop::Term(Duration::from_secs(8)),
-        log,
-        if options.verbose {
-            show_all
-        } else {
-            lambda_line
-        },
-    )
-    .map_err(|e| format!("cannot start cargo lambda watch: {e}"))?;
-    running.lock().await.procs.push(proc);
-    let lambda_url = format!("http://127.0.0.1:{lambda_port}");
-    if !wait_port(lambda_port, Duration::from_secs(60)).await {
-        return Err("cargo lambda watch did not open its port within 60s".into());
-    }
-    log.line(
-        "lambda",
-        &format!("cargo lambda watch serves the Invoke API at {lambda_url}"),
-    );
-    let invoker = Invoker::new(&lambda_url);
-
-    // The gateway.
-    let dev_key = options
-        .dev_key
-        .clone()
-        .unwrap_or_else(crate::jwt::random_key);
-    let jwt = jwt_config(&template, &resolver, dev_key);
-    let routes = template.routes();
-    let timeouts: HashMap<String, Duration> = functions
+/// Each function's local invocation timeout: its template timeout plus the build slack.
+fn function_timeouts(functions: &[Function]) -> HashMap<String, Duration> {
+    functions
         .iter()
         .map(|f| {
             (
@@ -712,131 +651,352 @@ async fn start(
                 Duration::from_secs(f.timeout_secs) + BUILD_SLACK,
             )
         })
-        .collect();
-    let gateway = Arc::new(Gateway {
-        routes: routes.clone(),
-        jwt: jwt.clone(),
-        cors: cors(&template, &resolver),
-        timeouts: timeouts.clone(),
-        default_timeout: Duration::from_secs(30) + BUILD_SLACK,
-        invoker: invoker.clone(),
-        log: Some(log.clone()),
-    });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", options.port))?;
-    let gateway_url = format!(
-        "http://127.0.0.1:{}",
-        listener.local_addr().map_err(|e| e.to_string())?.port()
-    );
-    {
-        let mut stop = shutdown.clone();
+        .collect()
+}
+
+/// The workspace, the invoker and the timeouts: what an event source needs to deliver.
+type Delivery<'a> = (
+    &'a build::Workspace,
+    &'a Invoker,
+    &'a HashMap<String, Duration>,
+);
+
+impl Launch<'_> {
+    /// Spawns a process of the stack; it is stopped with the others at the end.
+    async fn spawn(
+        &self,
+        command: Command,
+        name: &'static str,
+        stop: Stop,
+        show: procs::LineFilter,
+    ) -> std::io::Result<mpsc::UnboundedReceiver<String>> {
+        let (proc, rx) = procs::spawn(command, name, self.run_id, stop, self.log, show)?;
+        self.running.lock().await.procs.push(proc);
+        Ok(rx)
+    }
+
+    /// Keeps a task of the stack; it is aborted at the end.
+    async fn keep(&self, task: JoinHandle<()>) {
+        self.running.lock().await.tasks.push(task);
+    }
+
+    /// The venv and moto, started while the binaries build (moto needs the venv, not them);
+    /// returns the venv's bin directory and moto's URL.
+    async fn moto_while_building(&self, present: &[Function]) -> Result<(PathBuf, String), String> {
+        let root = &self.options.root;
+        let mut to_build = vec!["mock-provider".to_owned()];
+        to_build.extend(present.iter().map(|f| f.binary.clone()));
+        to_build.dedup();
+        let moto = async {
+            let bin = venv(root, self.log).await?;
+            let mut cmd = Command::new(bin.join("python"));
+            cmd.args(["scripts/moto_server.py", "--port", "0"])
+                .current_dir(root)
+                .env("PYTHONUNBUFFERED", "1");
+            let show: procs::LineFilter = if self.options.verbose {
+                show_all
+            } else {
+                moto_line
+            };
+            let mut rx = self
+                .spawn(cmd, "moto", Stop::Kill, show)
+                .await
+                .map_err(|e| format!("cannot start moto: {e}"))?;
+            let url = ready_line(
+                &mut rx,
+                "moto listening on",
+                "moto",
+                Duration::from_secs(90),
+            )
+            .await?;
+            Ok::<(PathBuf, String), String>((bin, url))
+        };
+        let (moto, built) = tokio::join!(moto, build::build(root, &to_build, self.log));
+        built?;
+        moto
+    }
+
+    /// The tables, queues and buckets, as template.yaml declares them.
+    async fn create_resources(
+        &self,
+        template: &Template,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<(Created, Resolver), String> {
+        let visibility_timeout = self.options.visibility_timeout;
+        let (created, resolver) = resources::create(
+            template,
+            sdk,
+            &resources::Options {
+                visibility_timeout,
+                ..Default::default()
+            },
+        )
+        .await?;
+        self.log.line(
+            "moto",
+            &format!(
+                "created tables {:?}, queues {:?}, buckets {:?}{}",
+                created.tables.values().collect::<Vec<_>>(),
+                queue_names(&created),
+                created.buckets.values().collect::<Vec<_>>(),
+                visibility_timeout
+                    .map(|v| format!(" (queue visibility timeout {v}s)"))
+                    .unwrap_or_default()
+            ),
+        );
+        self.log.file_only(
+            "moto",
+            &format!("not emulated: {}", created.not_emulated.join(", ")),
+        );
+        Ok((created, resolver))
+    }
+
+    /// The mock provider; returns its URL.
+    async fn start_mock(&self, workspace: &build::Workspace) -> Result<String, String> {
+        let mut cmd = Command::new(workspace.target_dir.join("debug/mock-provider"));
+        cmd.args(["--addr", "127.0.0.1:0", "--api-key", MOCK_KEY])
+            .current_dir(&self.options.root);
+        let mut rx = self
+            .spawn(cmd, "mock", Stop::Term(Duration::from_secs(3)), show_all)
+            .await
+            .map_err(|e| format!("cannot start the mock provider: {e}"))?;
+        let mock_url = ready_line(
+            &mut rx,
+            "listening on",
+            "the mock provider",
+            Duration::from_secs(20),
+        )
+        .await?;
+        self.log.line(
+            "mock",
+            &format!("ready at {mock_url}/api/v3 (key {MOCK_KEY})"),
+        );
+        Ok(mock_url)
+    }
+
+    /// Every function under `cargo lambda watch`, bound to 127.0.0.1; returns the URL of its
+    /// Invoke API.
+    async fn start_functions(
+        &self,
+        venv_bin: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<String, String> {
+        let (options, root) = (self.options, &self.options.root);
+        // The same environment, for a `cargo lambda watch --env-file` of one's own.
+        let env_file: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let _ = std::fs::create_dir_all(&options.state_dir);
+        let _ = std::fs::write(options.state_dir.join("lambda.env"), env_file);
+        let lambda_port = free_port().await?;
+        let mut cmd = Command::new(venv_bin.join("cargo-lambda"));
+        cmd.args(["lambda", "watch", "-A", "127.0.0.1", "-P"])
+            .arg(lambda_port.to_string())
+            .args(["--color", "never", "--concurrency"])
+            .arg(options.concurrency.max(1).to_string());
+        if !options.reload {
+            cmd.arg("--ignore-changes");
+        }
+        cmd.current_dir(root)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("CARGO_TERM_COLOR", "never")
+            .env(
+                "CARGO_LAMBDA_IGNORE_FILE",
+                root.join("tools/local-stack/watch.ignore"),
+            )
+            .envs(env);
+        let show: procs::LineFilter = if options.verbose {
+            show_all
+        } else {
+            lambda_line
+        };
+        self.spawn(cmd, "lambda", Stop::Term(Duration::from_secs(8)), show)
+            .await
+            .map_err(|e| format!("cannot start cargo lambda watch: {e}"))?;
+        let lambda_url = format!("http://127.0.0.1:{lambda_port}");
+        if !wait_port(lambda_port, Duration::from_secs(60)).await {
+            return Err("cargo lambda watch did not open its port within 60s".into());
+        }
+        self.log.line(
+            "lambda",
+            &format!("cargo lambda watch serves the Invoke API at {lambda_url}"),
+        );
+        Ok(lambda_url)
+    }
+
+    /// The gateway, serving until shutdown; returns its URL.
+    async fn start_gateway(&self, gateway: Gateway) -> Result<String, String> {
+        let port = self.options.port;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+        let gateway_url = format!(
+            "http://127.0.0.1:{}",
+            listener.local_addr().map_err(|e| e.to_string())?.port()
+        );
+        let routes = gateway.routes.len();
+        let mut stop = self.shutdown.clone();
         let task = tokio::spawn(async move {
-            let _ = gateway::serve(listener, gateway, async move {
+            let _ = gateway::serve(listener, Arc::new(gateway), async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
         });
-        running.lock().await.tasks.push(task);
-    }
-    log.line(
-        "gateway",
-        &format!(
-            "serving {} routes of template.yaml at {gateway_url}",
-            routes.len()
-        ),
-    );
-
-    // Warm every function: the first invocation starts `cargo run --bin <name>`.
-    warm_up(&template, &present, &invoker, log).await;
-
-    // The event source mappings and the schedules.
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    for source in template.sqs_sources() {
-        let name = format!("{} -> {}", source.queue, source.binary);
-        if !source.enabled {
-            log.line("poller", &format!("{name}: disabled in template.yaml"));
-            continue;
-        }
-        if !workspace.binaries.contains(&source.binary) {
-            log.line(
-                "poller",
-                &format!(
-                    "{name}: NOT POLLED: function `{}` is missing; messages stay on the queue",
-                    source.binary
-                ),
-            );
-            continue;
-        }
-        let (Some(url), Some(arn)) = (
-            created.queues.get(&source.queue),
-            created.queue_arns.get(&source.queue),
-        ) else {
-            log.line(
-                "poller",
-                &format!(
-                    "{name}: queue {} is not a resource of the template",
-                    source.queue
-                ),
-            );
-            continue;
-        };
-        log.line(
-            "poller",
-            &format!(
-                "{name}: batches of up to {}{}",
-                source.batch_size,
-                if source.report_batch_item_failures {
-                    ", ReportBatchItemFailures"
-                } else {
-                    ""
-                }
-            ),
+        self.keep(task).await;
+        self.log.line(
+            "gateway",
+            &format!("serving {routes} routes of template.yaml at {gateway_url}"),
         );
-        let poller = Poller {
-            timeout: timeouts.get(&source.binary).copied().unwrap_or(BUILD_SLACK),
-            source,
-            queue_url: url.clone(),
-            queue_arn: arn.clone(),
-            sqs: sqs.clone(),
-            invoker: invoker.clone(),
-            wait_secs: 10,
-            log: log.clone(),
-        };
-        let task = tokio::spawn(poller.run(shutdown.clone()));
-        running.lock().await.tasks.push(task);
+        Ok(gateway_url)
     }
-    for s in template.schedules() {
-        let name = format!("{} ({}, {})", s.binary, s.event, s.expression);
-        if !s.enabled {
-            log.line("schedule", &format!("{name}: disabled in template.yaml"));
-            continue;
+
+    /// A poller per SQS event source mapping of the template.
+    async fn start_pollers(
+        &self,
+        template: &Template,
+        (workspace, invoker, timeouts): Delivery<'_>,
+        created: &Created,
+        sqs: &aws_sdk_sqs::Client,
+    ) {
+        let log = self.log;
+        for source in template.sqs_sources() {
+            let name = format!("{} -> {}", source.queue, source.binary);
+            if !source.enabled {
+                log.line("poller", &format!("{name}: disabled in template.yaml"));
+                continue;
+            }
+            if !workspace.binaries.contains(&source.binary) {
+                log.line(
+                    "poller",
+                    &format!(
+                        "{name}: NOT POLLED: function `{}` is missing; messages stay on the queue",
+                        source.binary
+                    ),
+                );
+                continue;
+            }
+            let (Some(url), Some(arn)) = (
+                created.queues.get(&source.queue),
+                created.queue_arns.get(&source.queue),
+            ) else {
+                log.line(
+                    "poller",
+                    &format!(
+                        "{name}: queue {} is not a resource of the template",
+                        source.queue
+                    ),
+                );
+                continue;
+            };
+            log.line(
+                "poller",
+                &format!(
+                    "{name}: batches of up to {}{}",
+                    source.batch_size,
+                    if source.report_batch_item_failures {
+                        ", ReportBatchItemFailures"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            let poller = Poller {
+                timeout: timeouts.get(&source.binary).copied().unwrap_or(BUILD_SLACK),
+                source,
+                queue_url: url.clone(),
+                queue_arn: arn.clone(),
+                sqs: sqs.clone(),
+                invoker: invoker.clone(),
+                wait_secs: 10,
+                log: log.clone(),
+            };
+            self.keep(tokio::spawn(poller.run(self.shutdown.clone())))
+                .await;
         }
-        if !workspace.binaries.contains(&s.binary) {
+    }
+
+    /// The template's schedules, every `--sweep-every` locally.
+    async fn start_schedules(
+        &self,
+        template: &Template,
+        (workspace, invoker, timeouts): Delivery<'_>,
+    ) {
+        let (log, every) = (self.log, self.options.sweep_every);
+        for s in template.schedules() {
+            let name = format!("{} ({}, {})", s.binary, s.event, s.expression);
+            if !s.enabled {
+                log.line("schedule", &format!("{name}: disabled in template.yaml"));
+                continue;
+            }
+            if !workspace.binaries.contains(&s.binary) {
+                log.line(
+                    "schedule",
+                    &format!("{name}: NOT SCHEDULED: function `{}` is missing", s.binary),
+                );
+                continue;
+            }
             log.line(
                 "schedule",
-                &format!("{name}: NOT SCHEDULED: function `{}` is missing", s.binary),
+                &format!("{name}: every {}s locally", every.as_secs()),
             );
-            continue;
+            let timeout = timeouts.get(&s.binary).copied().unwrap_or(BUILD_SLACK);
+            let task = tokio::spawn(schedule::run(
+                s,
+                invoker.clone(),
+                every,
+                timeout,
+                log.clone(),
+                self.shutdown.clone(),
+            ));
+            self.keep(task).await;
         }
-        log.line(
-            "schedule",
-            &format!("{name}: every {}s locally", options.sweep_every.as_secs()),
-        );
-        let timeout = timeouts.get(&s.binary).copied().unwrap_or(BUILD_SLACK);
-        let task = tokio::spawn(schedule::run(
-            s,
-            invoker.clone(),
-            options.sweep_every,
-            timeout,
-            log.clone(),
-            shutdown.clone(),
-        ));
-        running.lock().await.tasks.push(task);
     }
 
-    // The demo user's credits, through the admin route as an operator would grant them.
-    let client = Client::new(&gateway_url);
+    /// Writes the state file through which the other commands find this stack.
+    fn save_state(
+        &self,
+        endpoints: Endpoints,
+        jwt: &JwtConfig,
+        created: &Created,
+        functions: &[Function],
+        workspace: &build::Workspace,
+        routes: &[crate::template::Route],
+    ) -> Result<State, String> {
+        let state_dir = &self.options.state_dir;
+        let state = State {
+            pid: std::process::id(),
+            run_id: self.run_id.to_owned(),
+            gateway_url: endpoints.gateway,
+            lambda_url: endpoints.lambda,
+            moto_url: endpoints.moto,
+            mock_url: endpoints.mock,
+            dev_key: jwt.key.clone(),
+            issuer: jwt.issuer.clone(),
+            audience: jwt.audience.clone(),
+            resources: created.clone(),
+            functions: functions
+                .iter()
+                .map(|f| FunctionState {
+                    logical_id: f.logical_id.clone(),
+                    binary: f.binary.clone(),
+                    present: workspace.binaries.contains(&f.binary),
+                })
+                .collect(),
+            routes: routes
+                .iter()
+                .map(|r| format!("{} -> {}", r.key(), r.binary))
+                .collect(),
+            log_file: relative(&self.options.root, &state_dir.join("local-stack.log")),
+            started_at: crate::jwt::now_secs(),
+        };
+        state
+            .save(state_dir)
+            .map_err(|e| format!("cannot write the state file: {e}"))?;
+        Ok(state)
+    }
+}
+
+/// The demo user's credits, through the admin route as an operator would grant them.
+async fn seed_demo_user(client: &Client, jwt: &JwtConfig, log: &Logger) {
     let admin = jwt.issue(ADMIN_USER, None, &["admin".into()], 12 * 3600);
     match client
         .call(
@@ -861,53 +1021,15 @@ async fn start(
         ),
         Err(e) => log.line("local", &format!("could not seed {DEMO_USER}: {e}")),
     }
+}
 
-    let state = State {
-        pid: std::process::id(),
-        run_id: run_id.to_owned(),
-        gateway_url: gateway_url.clone(),
-        lambda_url: lambda_url.clone(),
-        moto_url: moto_url.clone(),
-        mock_url: mock_url.clone(),
-        dev_key: jwt.key.clone(),
-        issuer: jwt.issuer.clone(),
-        audience: jwt.audience.clone(),
-        resources: created.clone(),
-        functions: functions
-            .iter()
-            .map(|f| FunctionState {
-                logical_id: f.logical_id.clone(),
-                binary: f.binary.clone(),
-                present: workspace.binaries.contains(&f.binary),
-            })
-            .collect(),
-        routes: routes
-            .iter()
-            .map(|r| format!("{} -> {}", r.key(), r.binary))
-            .collect(),
-        log_file: relative(root, &options.state_dir.join("local-stack.log")),
-        started_at: crate::jwt::now_secs(),
-    };
-    state
-        .save(&options.state_dir)
-        .map_err(|e| format!("cannot write the state file: {e}"))?;
-
-    let token = jwt.issue(DEMO_USER, None, &[], 12 * 3600);
-    log.plain(&banner(
-        &state,
-        &token,
-        started.elapsed(),
-        &relative(root, &options.state_dir),
-        &missing,
-    ));
-    log.line("local", &format!("local stack ready at {gateway_url}"));
-    Ok(Ready {
-        state,
-        client,
-        jwt,
-        template,
-        present,
-    })
+/// The queues' names (the last segment of their URLs).
+fn queue_names(created: &Created) -> Vec<&str> {
+    created
+        .queues
+        .values()
+        .map(|u| u.rsplit('/').next().unwrap_or_default())
+        .collect()
 }
 
 async fn warm_up(template: &Template, present: &[Function], invoker: &Invoker, log: &Logger) {
@@ -963,12 +1085,7 @@ fn banner(
     missing: &[Function],
 ) -> String {
     let api = &state.gateway_url;
-    let queues: Vec<&str> = state
-        .resources
-        .queues
-        .values()
-        .map(|u| u.rsplit('/').next().unwrap_or_default())
-        .collect();
+    let queues = queue_names(&state.resources);
     let mut out = format!(
         "
 ================================================================================
