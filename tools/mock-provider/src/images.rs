@@ -1,8 +1,8 @@
 //! Seedream: `POST /api/v3/images/generations`.
 
 use crate::knobs::EndpointKind;
-use crate::util::{now_unix, parse_triggers};
-use crate::{png, Shared};
+use crate::util::now_unix;
+use crate::{png, Inner, Shared};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -73,36 +73,35 @@ pub(crate) fn parse_size(s: &str) -> Option<(u32, u32)> {
     ok.then_some((w, h))
 }
 
-fn validate(body: &Value) -> Result<ImageRequest, Invalid> {
-    let model = match body.get("model") {
-        None | Some(Value::Null) => return Err(missing("model")),
-        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
-        Some(_) => return Err(invalid("model", "expected a non-empty string")),
-    };
-    match body.get("prompt") {
-        None | Some(Value::Null) => return Err(missing("prompt")),
-        Some(Value::String(p)) if !p.trim().is_empty() => {}
-        Some(_) => return Err(invalid("prompt", "expected a non-empty string")),
+/// A field that may be absent: JSON `null` counts as absent, as the real API treats it.
+pub(crate) fn given<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+    body.get(key).filter(|v| !v.is_null())
+}
+
+/// A required non-empty string field.
+pub(crate) fn required_text(body: &Value, key: &str) -> Result<String, Invalid> {
+    match body.get(key) {
+        None | Some(Value::Null) => Err(missing(key)),
+        Some(Value::String(m)) if !m.trim().is_empty() => Ok(m.clone()),
+        Some(_) => Err(invalid(key, "expected a non-empty string")),
     }
-    let inputs = match body.get("image") {
-        None | Some(Value::Null) => 0,
-        Some(Value::String(s)) if !s.is_empty() => 1,
-        Some(Value::Array(a))
-            if a.len() <= 10 && a.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
-        {
-            a.len()
-        }
-        Some(_) => {
-            return Err(invalid(
-                "image",
-                "expected a URL/data URI or a list of at most 10",
-            ))
-        }
-    };
-    let b64 = match body
-        .get("response_format")
-        .and_then(|v| (!v.is_null()).then_some(v))
-    {
+}
+
+/// An optional boolean field (false when absent).
+pub(crate) fn optional_bool(body: &Value, key: &str) -> Result<bool, Invalid> {
+    match given(body, key) {
+        None => Ok(false),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| invalid(key, "expected a boolean")),
+    }
+}
+
+fn validate(body: &Value) -> Result<ImageRequest, Invalid> {
+    let model = required_text(body, "model")?;
+    required_text(body, "prompt")?;
+    let inputs = reference_images(body)?;
+    let b64 = match given(body, "response_format") {
         None => false,
         Some(v) => match v.as_str() {
             Some("url") => false,
@@ -110,7 +109,7 @@ fn validate(body: &Value) -> Result<ImageRequest, Invalid> {
             _ => return Err(invalid("response_format", "expected `url` or `b64_json`")),
         },
     };
-    let (width, height) = match body.get("size").and_then(|v| (!v.is_null()).then_some(v)) {
+    let (width, height) = match given(body, "size") {
         None => (2048, 2048),
         Some(v) => v.as_str().and_then(parse_size).ok_or_else(|| {
             invalid(
@@ -119,7 +118,7 @@ fn validate(body: &Value) -> Result<ImageRequest, Invalid> {
             )
         })?,
     };
-    let seed = match body.get("seed").and_then(|v| (!v.is_null()).then_some(v)) {
+    let seed = match given(body, "seed") {
         None => None,
         Some(v) => match v.as_i64() {
             Some(-1) => None,
@@ -127,21 +126,46 @@ fn validate(body: &Value) -> Result<ImageRequest, Invalid> {
             _ => return Err(invalid("seed", "expected an integer in [-1, 2147483647]")),
         },
     };
-    if let Some(v) = body.get("watermark").filter(|v| !v.is_null()) {
-        if !v.is_boolean() {
-            return Err(invalid("watermark", "expected a boolean"));
-        }
+    optional_bool(body, "watermark")?;
+    let stream = optional_bool(body, "stream")?;
+    let count = image_count(body)?;
+    if inputs + count > 15 {
+        return Err(invalid(
+            "sequential_image_generation_options.max_images",
+            "reference images plus generated images must not exceed 15",
+        ));
     }
-    let stream = match body.get("stream").filter(|v| !v.is_null()) {
-        None => false,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| invalid("stream", "expected a boolean"))?,
-    };
-    let sequential = match body
-        .get("sequential_image_generation")
-        .filter(|v| !v.is_null())
-    {
+    Ok(ImageRequest {
+        model,
+        width,
+        height,
+        count,
+        b64,
+        stream,
+        seed,
+    })
+}
+
+/// How many reference images `image` carries (a URL/data URI, or a list of up to 10).
+fn reference_images(body: &Value) -> Result<usize, Invalid> {
+    match body.get("image") {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::String(s)) if !s.is_empty() => Ok(1),
+        Some(Value::Array(a))
+            if a.len() <= 10 && a.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
+        {
+            Ok(a.len())
+        }
+        Some(_) => Err(invalid(
+            "image",
+            "expected a URL/data URI or a list of at most 10",
+        )),
+    }
+}
+
+/// Images asked for: one, or up to `max_images` with sequential generation on.
+fn image_count(body: &Value) -> Result<usize, Invalid> {
+    let sequential = match given(body, "sequential_image_generation") {
         None => false,
         Some(v) => match v.as_str() {
             Some("auto") => true,
@@ -154,10 +178,7 @@ fn validate(body: &Value) -> Result<ImageRequest, Invalid> {
             }
         },
     };
-    let max_images = match body
-        .get("sequential_image_generation_options")
-        .filter(|v| !v.is_null())
-    {
+    let max_images = match given(body, "sequential_image_generation_options") {
         None => 15,
         Some(Value::Object(o)) => match o.get("max_images").filter(|v| !v.is_null()) {
             None => 15,
@@ -178,22 +199,7 @@ fn validate(body: &Value) -> Result<ImageRequest, Invalid> {
             ))
         }
     };
-    let count = if sequential { max_images } else { 1 };
-    if inputs + count > 15 {
-        return Err(invalid(
-            "sequential_image_generation_options.max_images",
-            "reference images plus generated images must not exceed 15",
-        ));
-    }
-    Ok(ImageRequest {
-        model,
-        width,
-        height,
-        count,
-        b64,
-        stream,
-        seed,
-    })
+    Ok(if sequential { max_images } else { 1 })
 }
 
 enum Outcome {
@@ -201,67 +207,95 @@ enum Outcome {
     Rejected,
 }
 
+fn image_prompt(body: &Value) -> Option<String> {
+    body.get("prompt").and_then(Value::as_str).map(String::from)
+}
+
 pub(crate) async fn generate(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (_flight, body) = match s.admit(EndpointKind::Images, &headers, &body) {
+    let (_flight, body, triggers) = match s
+        .admit_generation(EndpointKind::Images, &headers, &body, image_prompt)
+        .await
+    {
         Ok(admitted) => admitted,
         Err(r) => return *r,
     };
-    let prompt = body.get("prompt").and_then(Value::as_str).map(String::from);
-    let triggers = parse_triggers(prompt.as_deref().unwrap_or(""));
-    let plan = {
-        let mut g = s.lock();
-        let count = g.record(EndpointKind::Images, &body, prompt.as_deref());
-        g.plan(EndpointKind::Images, Some(&triggers), count)
-    };
-    if let Some(r) = s.run_plan(plan).await {
-        return r;
-    }
     let req = match validate(&body) {
         Ok(r) => r,
         Err(e) => return s.invalid_response(e),
     };
-
     let (outcomes, request_id) = {
         let mut g = s.lock();
-        let forced = triggers.reject.unwrap_or(0);
-        let rate = g.knobs.reject_rate;
-        let mut out = Vec::with_capacity(req.count);
-        for i in 0..req.count {
-            let rejected = i < forced || (rate > 0.0 && g.rng.random::<f64>() < rate);
-            if rejected {
-                out.push(Outcome::Rejected);
-                continue;
-            }
-            let seed = match req.seed {
-                Some(s) => s + i as u64,
-                None => g.rng.random_range(0..=2_147_483_647u64),
-            };
-            let uniq: u32 = g.rng.random();
-            out.push(Outcome::Image {
-                name: format!("s{seed}-{uniq:08x}-{}x{}.png", req.width, req.height),
-                seed,
-            });
-        }
-        let generated = out
-            .iter()
-            .filter(|o| matches!(o, Outcome::Image { .. }))
-            .count();
-        g.stats.images_generated += generated as u64;
-        g.stats.images_rejected += (out.len() - generated) as u64;
-        if generated < out.len() {
-            *g.stats.errors.entry(REJECT_CODE.to_string()).or_insert(0) +=
-                (out.len() - generated) as u64;
-        }
-        (out, g.next_request_id())
+        let outcomes = decide(&mut g, &req, triggers.reject.unwrap_or(0));
+        (outcomes, g.next_request_id())
     };
+    let items = image_items(&s.public_base(), &req, &outcomes, &request_id);
+    let generated = items.iter().filter(|i| i.get("error").is_none()).count() as u64;
+    let tokens = generated * u64::from(req.width) * u64::from(req.height) / 256;
+    let usage = json!({
+        "generated_images": generated,
+        "output_tokens": tokens,
+        "total_tokens": tokens,
+    });
+    let created = now_unix();
+    if req.stream {
+        return event_stream(&req.model, created, items, usage);
+    }
+    Json(json!({
+        "model": req.model,
+        "created": created,
+        "data": items,
+        "usage": usage,
+    }))
+    .into_response()
+}
 
-    let base = s.public_base();
+/// Which images are generated (with their seeds and file names) and which the content filter
+/// rejects: the first `forced` ones, then each with the knobs' reject rate; counted in stats.
+fn decide(g: &mut Inner, req: &ImageRequest, forced: usize) -> Vec<Outcome> {
+    let rate = g.knobs.reject_rate;
+    let mut out = Vec::with_capacity(req.count);
+    for i in 0..req.count {
+        let rejected = i < forced || (rate > 0.0 && g.rng.random::<f64>() < rate);
+        if rejected {
+            out.push(Outcome::Rejected);
+            continue;
+        }
+        let seed = match req.seed {
+            Some(s) => s + i as u64,
+            None => g.rng.random_range(0..=2_147_483_647u64),
+        };
+        let uniq: u32 = g.rng.random();
+        out.push(Outcome::Image {
+            name: format!("s{seed}-{uniq:08x}-{}x{}.png", req.width, req.height),
+            seed,
+        });
+    }
+    let generated = out
+        .iter()
+        .filter(|o| matches!(o, Outcome::Image { .. }))
+        .count();
+    g.stats.images_generated += generated as u64;
+    g.stats.images_rejected += (out.len() - generated) as u64;
+    if generated < out.len() {
+        *g.stats.errors.entry(REJECT_CODE.to_string()).or_insert(0) +=
+            (out.len() - generated) as u64;
+    }
+    out
+}
+
+/// The `data` items: a URL or base64 PNG per image, an error item per rejection.
+fn image_items(
+    base: &str,
+    req: &ImageRequest,
+    outcomes: &[Outcome],
+    request_id: &str,
+) -> Vec<Value> {
     let size = format!("{}x{}", req.width, req.height);
-    let items: Vec<Value> = outcomes
+    outcomes
         .iter()
         .map(|o| match o {
             Outcome::Image { seed, .. } if req.b64 => {
@@ -284,52 +318,37 @@ pub(crate) async fn generate(
                 }
             }),
         })
-        .collect();
-    let generated = items.iter().filter(|i| i.get("error").is_none()).count() as u64;
-    let tokens = generated * u64::from(req.width) * u64::from(req.height) / 256;
-    let usage = json!({
-        "generated_images": generated,
-        "output_tokens": tokens,
-        "total_tokens": tokens,
-    });
-    let created = now_unix();
+        .collect()
+}
 
-    if req.stream {
-        let mut sse = String::new();
-        let mut event = |name: &str, mut data: Value| {
-            data["type"] = json!(name);
-            data["model"] = json!(req.model);
-            data["created"] = json!(created);
-            sse.push_str(&format!("event: {name}\ndata: {data}\n\n"));
-        };
-        for (index, item) in items.into_iter().enumerate() {
-            let mut data = item;
-            data["image_index"] = json!(index);
-            if data.get("error").is_some() {
-                event("image_generation.partial_failed", data);
-            } else {
-                event("image_generation.partial_succeeded", data);
-            }
+/// The streamed answer: one event per image (succeeded or failed), then `completed`, `[DONE]`.
+fn event_stream(model: &str, created: u64, items: Vec<Value>, usage: Value) -> Response {
+    let mut sse = String::new();
+    let mut event = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["model"] = json!(model);
+        data["created"] = json!(created);
+        sse.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    };
+    for (index, item) in items.into_iter().enumerate() {
+        let mut data = item;
+        data["image_index"] = json!(index);
+        if data.get("error").is_some() {
+            event("image_generation.partial_failed", data);
+        } else {
+            event("image_generation.partial_succeeded", data);
         }
-        event("image_generation.completed", json!({ "usage": usage }));
-        sse.push_str("data: [DONE]\n\n");
-        return (
-            [
-                (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            sse,
-        )
-            .into_response();
     }
-
-    Json(json!({
-        "model": req.model,
-        "created": created,
-        "data": items,
-        "usage": usage,
-    }))
-    .into_response()
+    event("image_generation.completed", json!({ "usage": usage }));
+    sse.push_str("data: [DONE]\n\n");
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        sse,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -102,17 +102,44 @@ impl Latency {
     }
 }
 
-/// Latency per endpoint kind.
+/// One value per endpoint kind: the latency knobs and the request counters share the shape.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct LatencyKnobs {
-    pub images: Latency,
-    pub task_create: Latency,
-    pub task_get: Latency,
-    pub task_list: Latency,
-    pub task_delete: Latency,
-    pub files: Latency,
+pub struct PerKind<T> {
+    pub images: T,
+    pub task_create: T,
+    pub task_get: T,
+    pub task_list: T,
+    pub task_delete: T,
+    pub files: T,
 }
+
+impl<T: Copy> PerKind<T> {
+    pub fn get(&self, kind: EndpointKind) -> T {
+        match kind {
+            EndpointKind::Images => self.images,
+            EndpointKind::TaskCreate => self.task_create,
+            EndpointKind::TaskGet => self.task_get,
+            EndpointKind::TaskList => self.task_list,
+            EndpointKind::TaskDelete => self.task_delete,
+            EndpointKind::Files => self.files,
+        }
+    }
+
+    pub fn get_mut(&mut self, kind: EndpointKind) -> &mut T {
+        match kind {
+            EndpointKind::Images => &mut self.images,
+            EndpointKind::TaskCreate => &mut self.task_create,
+            EndpointKind::TaskGet => &mut self.task_get,
+            EndpointKind::TaskList => &mut self.task_list,
+            EndpointKind::TaskDelete => &mut self.task_delete,
+            EndpointKind::Files => &mut self.files,
+        }
+    }
+}
+
+/// Latency per endpoint kind.
+pub type LatencyKnobs = PerKind<Latency>;
 
 impl LatencyKnobs {
     /// The same latency for every API endpoint (files stay at zero).
@@ -124,28 +151,6 @@ impl LatencyKnobs {
             task_list: l,
             task_delete: l,
             files: Latency::ZERO,
-        }
-    }
-
-    pub fn get(&self, kind: EndpointKind) -> Latency {
-        match kind {
-            EndpointKind::Images => self.images,
-            EndpointKind::TaskCreate => self.task_create,
-            EndpointKind::TaskGet => self.task_get,
-            EndpointKind::TaskList => self.task_list,
-            EndpointKind::TaskDelete => self.task_delete,
-            EndpointKind::Files => self.files,
-        }
-    }
-
-    pub fn get_mut(&mut self, kind: EndpointKind) -> &mut Latency {
-        match kind {
-            EndpointKind::Images => &mut self.images,
-            EndpointKind::TaskCreate => &mut self.task_create,
-            EndpointKind::TaskGet => &mut self.task_get,
-            EndpointKind::TaskList => &mut self.task_list,
-            EndpointKind::TaskDelete => &mut self.task_delete,
-            EndpointKind::Files => &mut self.files,
         }
     }
 }
@@ -232,40 +237,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// Number of requests received per endpoint kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RequestCounts {
-    pub images: u64,
-    pub task_create: u64,
-    pub task_get: u64,
-    pub task_list: u64,
-    pub task_delete: u64,
-    pub files: u64,
-}
-
-impl RequestCounts {
-    pub fn get(&self, kind: EndpointKind) -> u64 {
-        match kind {
-            EndpointKind::Images => self.images,
-            EndpointKind::TaskCreate => self.task_create,
-            EndpointKind::TaskGet => self.task_get,
-            EndpointKind::TaskList => self.task_list,
-            EndpointKind::TaskDelete => self.task_delete,
-            EndpointKind::Files => self.files,
-        }
-    }
-
-    pub(crate) fn get_mut(&mut self, kind: EndpointKind) -> &mut u64 {
-        match kind {
-            EndpointKind::Images => &mut self.images,
-            EndpointKind::TaskCreate => &mut self.task_create,
-            EndpointKind::TaskGet => &mut self.task_get,
-            EndpointKind::TaskList => &mut self.task_list,
-            EndpointKind::TaskDelete => &mut self.task_delete,
-            EndpointKind::Files => &mut self.files,
-        }
-    }
-}
+pub type RequestCounts = PerKind<u64>;
 
 /// What the mock observed. `GET /__mock/stats` returns this as JSON.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,9 @@ pub mod png;
 mod tasks;
 mod util;
 
-pub use knobs::{EndpointKind, Knobs, Latency, LatencyKnobs, RequestCounts, Stats, BURST_429_CODE};
+pub use knobs::{
+    EndpointKind, Knobs, Latency, LatencyKnobs, PerKind, RequestCounts, Stats, BURST_429_CODE,
+};
 pub use tasks::{TaskImage, TaskOutcome, TaskRecord, TaskStatus};
 pub use util::status_for_code;
 
@@ -449,6 +451,30 @@ impl Shared {
                 Some("The request body is not a valid JSON object.".into()),
                 None,
             ))),
+        }
+    }
+
+    /// What the generation endpoints do first: [`Shared::admit`], record the request under its
+    /// prompt, then play the faults planned for it (the prompt's triggers included). Returns
+    /// the flight, the body and the triggers, or the response to send instead.
+    pub(crate) async fn admit_generation(
+        self: &Arc<Self>,
+        kind: EndpointKind,
+        headers: &HeaderMap,
+        body: &[u8],
+        prompt_of: fn(&Value) -> Option<String>,
+    ) -> Result<(Flight, Value, Triggers), Box<Response>> {
+        let (flight, body) = self.admit(kind, headers, body)?;
+        let prompt = prompt_of(&body);
+        let triggers = util::parse_triggers(prompt.as_deref().unwrap_or(""));
+        let plan = {
+            let mut g = self.lock();
+            let count = g.record(kind, &body, prompt.as_deref());
+            g.plan(kind, Some(&triggers), count)
+        };
+        match self.run_plan(plan).await {
+            Some(r) => Err(Box::new(r)),
+            None => Ok((flight, body, triggers)),
         }
     }
 

@@ -1,8 +1,8 @@
 //! Seedance: asynchronous video tasks under `/api/v3/contents/generations/tasks`.
 
-use crate::images::{invalid, missing, Invalid};
+use crate::images::{given, invalid, missing, optional_bool, required_text, Invalid};
 use crate::knobs::EndpointKind;
-use crate::util::{compact_datetime, now_unix, parse_query, parse_triggers, Triggers};
+use crate::util::{compact_datetime, now_unix, parse_query, Triggers};
 use crate::Shared;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -299,88 +299,10 @@ fn parse_bool_flag(flags: &BTreeMap<String, String>, name: &str) -> Result<bool,
 }
 
 fn validate(body: &Value) -> Result<TaskSpec, Invalid> {
-    let model = match body.get("model") {
-        None | Some(Value::Null) => return Err(missing("model")),
-        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
-        Some(_) => return Err(invalid("model", "expected a non-empty string")),
-    };
-    let content = match body.get("content") {
-        None | Some(Value::Null) => return Err(missing("content")),
-        Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(_) => return Err(invalid("content", "expected a non-empty list")),
-    };
-    let mut text: Option<String> = None;
-    let mut images = Vec::new();
-    for item in content {
-        match item.get("type").and_then(Value::as_str) {
-            Some("text") => {
-                let t = item
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid("content.text", "expected a string"))?;
-                if text.is_some() {
-                    return Err(invalid("content", "at most one text item is allowed"));
-                }
-                text = Some(t.to_string());
-            }
-            Some("image_url") => {
-                let url = item
-                    .get("image_url")
-                    .and_then(|i| i.get("url"))
-                    .and_then(Value::as_str)
-                    .filter(|u| !u.is_empty())
-                    .ok_or_else(|| invalid("content.image_url", "expected {\"url\": ...}"))?;
-                let role = match item.get("role").filter(|v| !v.is_null()) {
-                    None => None,
-                    Some(r) => match r.as_str() {
-                        Some(r) if ROLES.contains(&r) => Some(r.to_string()),
-                        _ => {
-                            return Err(invalid(
-                                "content.role",
-                                "expected first_frame, last_frame or reference_image",
-                            ))
-                        }
-                    },
-                };
-                images.push(TaskImage {
-                    url: url.to_string(),
-                    role,
-                });
-            }
-            _ => return Err(invalid("content.type", "expected `text` or `image_url`")),
-        }
-    }
-    if text.is_none() && images.is_empty() {
-        return Err(invalid("content", "expected a text or an image item"));
-    }
-    let text = text.unwrap_or_default();
+    let model = required_text(body, "model")?;
+    let (text, images) = content(body)?;
     let (prompt, flags) = parse_flags(&text);
-
-    let default_resolution = if model.contains("pro") {
-        "1080p"
-    } else {
-        "720p"
-    };
-    let resolution = flags
-        .get("resolution")
-        .cloned()
-        .unwrap_or_else(|| default_resolution.to_string());
-    if !RESOLUTIONS.contains(&resolution.as_str()) {
-        return Err(invalid("resolution", "expected 480p, 720p or 1080p"));
-    }
-    let has_first_frame = images
-        .iter()
-        .any(|i| i.role.as_deref().unwrap_or("first_frame") == "first_frame");
-    let ratio = flags
-        .get("ratio")
-        .cloned()
-        .unwrap_or_else(|| if has_first_frame { "adaptive" } else { "16:9" }.to_string());
-    if !RATIOS.contains(&ratio.as_str()) {
-        return Err(invalid(
-            "ratio",
-            "expected one of 21:9|16:9|4:3|1:1|3:4|9:16|9:21|adaptive",
-        ));
-    }
+    let (resolution, ratio) = resolution_and_ratio(&model, &flags, &images)?;
     let duration = match flags.get("duration") {
         None => 5,
         Some(d) => match d.parse::<u32>() {
@@ -405,13 +327,8 @@ fn validate(body: &Value) -> Result<TaskSpec, Invalid> {
     };
     let watermark = parse_bool_flag(&flags, "watermark")?;
     let camerafixed = parse_bool_flag(&flags, "camerafixed")?;
-    let return_last_frame = match body.get("return_last_frame").filter(|v| !v.is_null()) {
-        None => false,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| invalid("return_last_frame", "expected a boolean"))?,
-    };
-    let callback_url = match body.get("callback_url").filter(|v| !v.is_null()) {
+    let return_last_frame = optional_bool(body, "return_last_frame")?;
+    let callback_url = match given(body, "callback_url") {
         None => None,
         Some(v) => Some(
             v.as_str()
@@ -420,8 +337,7 @@ fn validate(body: &Value) -> Result<TaskSpec, Invalid> {
                 .to_string(),
         ),
     };
-    let execution_expires_after = match body.get("execution_expires_after").filter(|v| !v.is_null())
-    {
+    let execution_expires_after = match given(body, "execution_expires_after") {
         None => None,
         Some(v) => match v.as_u64() {
             Some(s @ 3600..=259_200) => Some(s),
@@ -452,6 +368,97 @@ fn validate(body: &Value) -> Result<TaskSpec, Invalid> {
     })
 }
 
+/// The `content` list: at most one text item (empty when there is none) and the images.
+fn content(body: &Value) -> Result<(String, Vec<TaskImage>), Invalid> {
+    let content = match body.get("content") {
+        None | Some(Value::Null) => return Err(missing("content")),
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(_) => return Err(invalid("content", "expected a non-empty list")),
+    };
+    let mut text: Option<String> = None;
+    let mut images = Vec::new();
+    for item in content {
+        match item.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let t = item
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("content.text", "expected a string"))?;
+                if text.is_some() {
+                    return Err(invalid("content", "at most one text item is allowed"));
+                }
+                text = Some(t.to_string());
+            }
+            Some("image_url") => images.push(image_item(item)?),
+            _ => return Err(invalid("content.type", "expected `text` or `image_url`")),
+        }
+    }
+    if text.is_none() && images.is_empty() {
+        return Err(invalid("content", "expected a text or an image item"));
+    }
+    Ok((text.unwrap_or_default(), images))
+}
+
+fn image_item(item: &Value) -> Result<TaskImage, Invalid> {
+    let url = item
+        .get("image_url")
+        .and_then(|i| i.get("url"))
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| invalid("content.image_url", "expected {\"url\": ...}"))?;
+    let role = match given(item, "role") {
+        None => None,
+        Some(r) => match r.as_str() {
+            Some(r) if ROLES.contains(&r) => Some(r.to_string()),
+            _ => {
+                return Err(invalid(
+                    "content.role",
+                    "expected first_frame, last_frame or reference_image",
+                ))
+            }
+        },
+    };
+    Ok(TaskImage {
+        url: url.to_string(),
+        role,
+    })
+}
+
+/// The `--resolution` and `--ratio` flags, with the model's and the images' defaults (a pro
+/// model renders 1080p; a first frame makes the ratio adaptive).
+fn resolution_and_ratio(
+    model: &str,
+    flags: &BTreeMap<String, String>,
+    images: &[TaskImage],
+) -> Result<(String, String), Invalid> {
+    let default_resolution = if model.contains("pro") {
+        "1080p"
+    } else {
+        "720p"
+    };
+    let resolution = flags
+        .get("resolution")
+        .cloned()
+        .unwrap_or_else(|| default_resolution.to_string());
+    if !RESOLUTIONS.contains(&resolution.as_str()) {
+        return Err(invalid("resolution", "expected 480p, 720p or 1080p"));
+    }
+    let has_first_frame = images
+        .iter()
+        .any(|i| i.role.as_deref().unwrap_or("first_frame") == "first_frame");
+    let ratio = flags
+        .get("ratio")
+        .cloned()
+        .unwrap_or_else(|| if has_first_frame { "adaptive" } else { "16:9" }.to_string());
+    if !RATIOS.contains(&ratio.as_str()) {
+        return Err(invalid(
+            "ratio",
+            "expected one of 21:9|16:9|4:3|1:1|3:4|9:16|9:21|adaptive",
+        ));
+    }
+    Ok((resolution, ratio))
+}
+
 fn outcome_for(t: &Triggers) -> TaskOutcome {
     if let Some(code) = &t.task_fail {
         TaskOutcome::Fail { code: code.clone() }
@@ -464,17 +471,9 @@ fn outcome_for(t: &Triggers) -> TaskOutcome {
     }
 }
 
-pub(crate) async fn create(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (_flight, body) = match s.admit(EndpointKind::TaskCreate, &headers, &body) {
-        Ok(admitted) => admitted,
-        Err(r) => return *r,
-    };
-    let text = body
-        .get("content")
+/// The task's text item, which carries the prompt (and its triggers).
+fn task_text(body: &Value) -> Option<String> {
+    body.get("content")
         .and_then(Value::as_array)
         .and_then(|items| {
             items
@@ -483,16 +482,21 @@ pub(crate) async fn create(
         })
         .and_then(|i| i.get("text"))
         .and_then(Value::as_str)
-        .map(String::from);
-    let triggers = parse_triggers(text.as_deref().unwrap_or(""));
-    let plan = {
-        let mut g = s.lock();
-        let count = g.record(EndpointKind::TaskCreate, &body, text.as_deref());
-        g.plan(EndpointKind::TaskCreate, Some(&triggers), count)
+        .map(String::from)
+}
+
+pub(crate) async fn create(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (_flight, body, triggers) = match s
+        .admit_generation(EndpointKind::TaskCreate, &headers, &body, task_text)
+        .await
+    {
+        Ok(admitted) => admitted,
+        Err(r) => return *r,
     };
-    if let Some(r) = s.run_plan(plan).await {
-        return r;
-    }
     let spec = match validate(&body) {
         Ok(spec) => spec,
         Err(e) => return s.invalid_response(e),

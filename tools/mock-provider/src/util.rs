@@ -9,26 +9,14 @@ pub(crate) fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// `YYYYMMDDHHMMSS` (UTC) for a unix timestamp.
+/// `YYYYMMDDHHMMSS` (UTC) for a unix timestamp, as ModelArk's task ids and request ids carry it.
 pub(crate) fn compact_datetime(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_default()
 }
 
 /// Deterministic triggers embedded in a prompt, e.g. `[reject:2]`, `[fail:InternalServiceError]`.
