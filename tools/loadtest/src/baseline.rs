@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::summary::{Metric, MetricKind};
+use crate::aggregate::{Metric, MetricKind};
 
 /// Whether a change is good news.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

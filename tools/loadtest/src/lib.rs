@@ -10,7 +10,9 @@
 //!   latency from the intended send time, bounded in-flight).
 //! - [`metrics`]: the recorder (HDR histograms, counters, the per-second timeline).
 //! - [`summary`], [`threshold`], [`baseline`], [`report`]: what comes out: the JSON summary,
-//!   k6-spelled thresholds, the comparison with a previous run, the HTML report.
+//!   k6-spelled thresholds, the comparison with a previous run, the HTML report. The
+//!   aggregates they all read ([`aggregate`]: k6's metric shape and names) sit below them, so
+//!   the summary depends on the thresholds and the baseline and neither depends back on it.
 //!
 //! Why tokio + HDR histograms rather than Goose: the open model needs each iteration to carry
 //! its intended start time and be measured from it (Goose's coordinated-omission mitigation
@@ -19,6 +21,7 @@
 //! check names, metric names) are a few hundred lines on tokio, with arbitrary percentiles from
 //! the histograms.
 
+pub mod aggregate;
 pub mod api;
 pub mod baseline;
 pub mod classify;

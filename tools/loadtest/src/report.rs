@@ -103,32 +103,40 @@ struct Chart<'a> {
     shade_from: Option<f64>,
 }
 
+/// Where values land on a chart: the plot area and each axis's top value and tick step.
+struct Scale {
+    plot_w: f64,
+    plot_h: f64,
+    x_max: f64,
+    y_max: f64,
+    y_step: f64,
+    r_max: f64,
+    r_step: f64,
+}
+
+impl Scale {
+    fn x(&self, v: f64) -> f64 {
+        LEFT + v / self.x_max * self.plot_w
+    }
+    fn y(&self, v: f64) -> f64 {
+        TOP + self.plot_h - v / self.y_max * self.plot_h
+    }
+    fn yr(&self, v: f64) -> f64 {
+        TOP + self.plot_h - v / self.r_max * self.plot_h
+    }
+}
+
+/// The largest value drawn by `lines`.
+fn lines_max(lines: &[Line]) -> f64 {
+    lines
+        .iter()
+        .flat_map(|l| l.points.iter().filter_map(|p| p.1))
+        .fold(0.0, f64::max)
+}
+
 impl Chart<'_> {
     fn render(&self) -> String {
-        let plot_w = WIDTH - LEFT - RIGHT;
-        let plot_h = HEIGHT - TOP - BOTTOM;
-        let stack_max = (0..self.xs.len())
-            .map(|i| self.bars.iter().map(|b| b.values[i]).sum::<f64>())
-            .fold(0.0, f64::max);
-        let line_max = self
-            .lines
-            .iter()
-            .flat_map(|l| l.points.iter().filter_map(|p| p.1))
-            .fold(0.0, f64::max);
-        let y_step = nice_step(stack_max.max(line_max), 5.0);
-        let y_max = ((stack_max.max(line_max) / y_step).ceil() * y_step).max(y_step);
-        let right_max_raw = self
-            .right
-            .iter()
-            .flat_map(|l| l.points.iter().filter_map(|p| p.1))
-            .fold(0.0, f64::max);
-        let r_step = nice_step(right_max_raw, 5.0);
-        let r_max = ((right_max_raw / r_step).ceil() * r_step).max(r_step);
-        let x_max = self.x_max.max(1e-9);
-        let x = |v: f64| LEFT + v / x_max * plot_w;
-        let y = |v: f64| TOP + plot_h - v / y_max * plot_h;
-        let yr = |v: f64| TOP + plot_h - v / r_max * plot_h;
-
+        let scale = self.scale();
         let mut s = String::new();
         let _ = write!(
             s,
@@ -136,42 +144,78 @@ impl Chart<'_> {
             escape(self.title),
             escape(self.title)
         );
-        if let Some(from) = self.shade_from.filter(|f| *f < x_max) {
+        if let Some(from) = self.shade_from.filter(|f| *f < scale.x_max) {
             let _ = write!(
                 s,
-                r#"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{plot_h:.1}" class="shade"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">drain</text>"#,
-                x(from),
-                x(x_max) - x(from),
-                (x(from) + x(x_max)) / 2.0,
+                r#"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{:.1}" class="shade"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">drain</text>"#,
+                scale.x(from),
+                scale.x(scale.x_max) - scale.x(from),
+                scale.plot_h,
+                (scale.x(from) + scale.x(scale.x_max)) / 2.0,
                 TOP + 12.0
             );
         }
-        // Grid and left axis.
+        self.y_axes(&scale, &mut s);
+        self.x_axis(&scale, &mut s);
+        self.bars(&scale, &mut s);
+        for line in &self.lines {
+            draw_line(line, &scale, &|v| scale.y(v), &mut s);
+        }
+        for line in &self.right {
+            draw_line(line, &scale, &|v| scale.yr(v), &mut s);
+        }
+        self.legend(&mut s);
+        s.push_str("</svg></figure>");
+        s
+    }
+
+    fn scale(&self) -> Scale {
+        let stack_max = (0..self.xs.len())
+            .map(|i| self.bars.iter().map(|b| b.values[i]).sum::<f64>())
+            .fold(0.0, f64::max);
+        let left_max = stack_max.max(lines_max(&self.lines));
+        let y_step = nice_step(left_max, 5.0);
+        let right_max = lines_max(&self.right);
+        let r_step = nice_step(right_max, 5.0);
+        Scale {
+            plot_w: WIDTH - LEFT - RIGHT,
+            plot_h: HEIGHT - TOP - BOTTOM,
+            x_max: self.x_max.max(1e-9),
+            y_max: ((left_max / y_step).ceil() * y_step).max(y_step),
+            y_step,
+            r_max: ((right_max / r_step).ceil() * r_step).max(r_step),
+            r_step,
+        }
+    }
+
+    /// The grid with the left axis, and the right axis when lines are drawn against it.
+    fn y_axes(&self, scale: &Scale, s: &mut String) {
+        let (plot_w, plot_h) = (scale.plot_w, scale.plot_h);
         let mut v = 0.0;
-        while v <= y_max + 1e-9 {
+        while v <= scale.y_max + 1e-9 {
             let _ = write!(
                 s,
                 r##"<line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" class="grid"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
                 LEFT + plot_w,
-                y(v),
-                y(v),
+                scale.y(v),
+                scale.y(v),
                 LEFT - 6.0,
-                y(v) + 4.0,
+                scale.y(v) + 4.0,
                 axis_label(v)
             );
-            v += y_step;
+            v += scale.y_step;
         }
         if !self.right.is_empty() {
             let mut v = 0.0;
-            while v <= r_max + 1e-9 {
+            while v <= scale.r_max + 1e-9 {
                 let _ = write!(
                     s,
                     r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="start">{}</text>"#,
                     LEFT + plot_w + 6.0,
-                    yr(v) + 4.0,
+                    scale.yr(v) + 4.0,
                     axis_label(v)
                 );
-                v += r_step;
+                v += scale.r_step;
             }
             let _ = write!(
                 s,
@@ -187,7 +231,10 @@ impl Chart<'_> {
             TOP + plot_h / 2.0,
             escape(self.y_label)
         );
-        // x axis.
+    }
+
+    fn x_axis(&self, scale: &Scale, s: &mut String) {
+        let (plot_w, plot_h, x_max) = (scale.plot_w, scale.plot_h, scale.x_max);
         let ticks: Vec<(f64, String)> = if self.x_ticks.is_empty() {
             let step = nice_step(x_max, 10.0);
             let mut t = Vec::new();
@@ -204,11 +251,11 @@ impl Chart<'_> {
             let _ = write!(
                 s,
                 r#"<line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" class="axisline"/><text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"#,
-                x(v),
-                x(v),
+                scale.x(v),
+                scale.x(v),
                 TOP + plot_h,
                 TOP + plot_h + 5.0,
-                x(v),
+                scale.x(v),
                 TOP + plot_h + 18.0,
                 escape(&label)
             );
@@ -223,83 +270,39 @@ impl Chart<'_> {
             HEIGHT - 4.0,
             escape(self.x_label)
         );
-        // Bars, stacked.
-        if !self.bars.is_empty() && !self.xs.is_empty() {
-            let slot = plot_w / (x_max.max(1.0));
-            let width = (slot * 0.8).max(1.0);
-            for (i, t) in self.xs.iter().enumerate() {
-                let mut base = 0.0;
-                for layer in &self.bars {
-                    let v = layer.values[i];
-                    if v <= 0.0 {
-                        continue;
-                    }
-                    let _ = write!(
-                        s,
-                        r#"<rect x="{:.1}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{}"><title>{:.0}s: {} {}</title></rect>"#,
-                        x((*t - 1.0).max(0.0)) + (slot - width) / 2.0,
-                        y(base + v),
-                        y(base) - y(base + v),
-                        layer.color,
-                        t,
-                        axis_label(v),
-                        escape(layer.name)
-                    );
-                    base += v;
+    }
+
+    /// The bars, stacked per second.
+    fn bars(&self, scale: &Scale, s: &mut String) {
+        if self.bars.is_empty() || self.xs.is_empty() {
+            return;
+        }
+        let slot = scale.plot_w / (scale.x_max.max(1.0));
+        let width = (slot * 0.8).max(1.0);
+        for (i, t) in self.xs.iter().enumerate() {
+            let mut base = 0.0;
+            for layer in &self.bars {
+                let v = layer.values[i];
+                if v <= 0.0 {
+                    continue;
                 }
+                let _ = write!(
+                    s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{width:.1}" height="{:.1}" fill="{}"><title>{:.0}s: {} {}</title></rect>"#,
+                    scale.x((*t - 1.0).max(0.0)) + (slot - width) / 2.0,
+                    scale.y(base + v),
+                    scale.y(base) - scale.y(base + v),
+                    layer.color,
+                    t,
+                    axis_label(v),
+                    escape(layer.name)
+                );
+                base += v;
             }
         }
-        // Lines.
-        let mut draw = |line: &Line, to_y: &dyn Fn(f64) -> f64| {
-            let mut segment: Vec<String> = Vec::new();
-            let flush = |segment: &mut Vec<String>, s: &mut String| {
-                if segment.len() > 1 {
-                    let _ = write!(
-                        s,
-                        r#"<polyline fill="none" stroke="{}" stroke-width="2"{} points="{}"/>"#,
-                        line.color,
-                        if line.dashed {
-                            r#" stroke-dasharray="6 4""#
-                        } else {
-                            ""
-                        },
-                        segment.join(" ")
-                    );
-                }
-                segment.clear();
-            };
-            for (px, py) in &line.points {
-                match py {
-                    Some(v) => segment.push(format!("{:.1},{:.1}", x(*px), to_y(*v))),
-                    None => flush(&mut segment, &mut s),
-                }
-            }
-            flush(&mut segment, &mut s);
-            let dense = line.points.len() > 400;
-            for (px, py) in &line.points {
-                if let (Some(v), false) = (py, dense) {
-                    let _ = write!(
-                        s,
-                        r#"<circle cx="{:.1}" cy="{:.1}" r="{}" fill="{}"><title>{}: {} {} at {}</title></circle>"#,
-                        x(*px),
-                        to_y(*v),
-                        if line.points.len() > 120 { 1.5 } else { 2.5 },
-                        line.color,
-                        escape(line.name),
-                        axis_label((v * 100.0).round() / 100.0),
-                        line.unit,
-                        axis_label((px * 100.0).round() / 100.0)
-                    );
-                }
-            }
-        };
-        for line in &self.lines {
-            draw(line, &y);
-        }
-        for line in &self.right {
-            draw(line, &yr);
-        }
-        // Legend.
+    }
+
+    fn legend(&self, s: &mut String) {
         let mut lx = LEFT;
         let entries = self
             .bars
@@ -317,8 +320,54 @@ impl Chart<'_> {
             );
             lx += 30.0 + name.chars().count() as f64 * 7.0;
         }
-        s.push_str("</svg></figure>");
-        s
+    }
+}
+
+/// A line as polylines broken where a value is missing, with a dot per point (when there are
+/// few enough to hover).
+fn draw_line(line: &Line, scale: &Scale, to_y: &dyn Fn(f64) -> f64, s: &mut String) {
+    let mut segment: Vec<String> = Vec::new();
+    let flush = |segment: &mut Vec<String>, s: &mut String| {
+        if segment.len() > 1 {
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{}" stroke-width="2"{} points="{}"/>"#,
+                line.color,
+                if line.dashed {
+                    r#" stroke-dasharray="6 4""#
+                } else {
+                    ""
+                },
+                segment.join(" ")
+            );
+        }
+        segment.clear();
+    };
+    for (px, py) in &line.points {
+        match py {
+            Some(v) => segment.push(format!("{:.1},{:.1}", scale.x(*px), to_y(*v))),
+            None => flush(&mut segment, s),
+        }
+    }
+    flush(&mut segment, s);
+    if line.points.len() > 400 {
+        return;
+    }
+    for (px, py) in &line.points {
+        if let Some(v) = py {
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="{}" fill="{}"><title>{}: {} {} at {}</title></circle>"#,
+                scale.x(*px),
+                to_y(*v),
+                if line.points.len() > 120 { 1.5 } else { 2.5 },
+                line.color,
+                escape(line.name),
+                axis_label((v * 100.0).round() / 100.0),
+                line.unit,
+                axis_label((px * 100.0).round() / 100.0)
+            );
+        }
     }
 }
 
@@ -328,25 +377,13 @@ fn series(timeline: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Vec<(f64, 
 
 /// Epoch milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc(epoch_ms: u64) -> String {
-    let secs = epoch_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    i64::try_from(epoch_ms / 1000)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_default()
 }
 
 /// The percentile-curve chart of one distribution (x: 0, 90, 99, 99.9, 99.99 equally spaced).
@@ -378,12 +415,29 @@ fn percentile_chart(title: &str, points: &[[f64; 2]], color: &str) -> String {
     .render()
 }
 
-/// The whole report.
+/// The HTML report of a run: one self-contained page (inline CSS and SVG), in the order a
+/// reader looks: verdict, headline numbers, charts over time, percentile curves, tables.
 pub fn render(summary: &Summary) -> String {
-    let tl = &summary.timeline;
+    let mut html = header(summary);
+    for part in [
+        tiles,
+        charts,
+        percentile_charts,
+        thresholds_table,
+        routes_table,
+        errors_table,
+        checks_table,
+        comparison_table,
+        appendix,
+    ] {
+        html.push_str(&part(summary));
+    }
+    html
+}
+
+/// The title, what was run against what, and the thresholds' verdict.
+fn header(summary: &Summary) -> String {
     let c = &summary.config;
-    let open = c.mode == "open";
-    let value = |m: &str, k: &str| summary.value(m, k);
     let mut html = String::new();
     let verdict = if summary.thresholds.is_empty() {
         r#"<span class="badge neutral">no thresholds</span>"#.to_string()
@@ -418,8 +472,13 @@ pub fn render(summary: &Summary) -> String {
         },
         verdict
     );
+    html
+}
 
-    // Headline tiles.
+/// The headline numbers, and the run's notes.
+fn tiles(summary: &Summary) -> String {
+    let value = |m: &str, k: &str| summary.value(m, k);
+    let mut html = String::new();
     let reqs = value("http_req_duration", "count").unwrap_or(0.0);
     let tiles = [
         ("generate requests", format!("{reqs:.0}"), String::new()),
@@ -500,117 +559,148 @@ pub fn render(summary: &Summary) -> String {
         }
         html.push_str("</section>");
     }
+    html
+}
 
-    // Charts.
-    let x_max = tl.last().map(|s| s.t.ceil()).unwrap_or(1.0);
-    let xs: Vec<f64> = tl.iter().map(|s| s.t).collect();
-    let shade_from = (summary.drain_s > 0.5).then_some(summary.duration_s);
-    html.push_str(
-        &Chart {
-            title: if open {
-                "Generate latency over time (from the intended send time)"
-            } else {
-                "Generate latency over time"
-            },
-            y_label: "ms",
-            x_label: "seconds",
-            xs: xs.clone(),
-            x_max,
-            bars: Vec::new(),
-            lines: vec![
-                Line {
-                    name: "p50",
-                    color: "#4c78a8",
-                    points: series(tl, |s| s.p50),
-                    dashed: false,
-                    unit: "ms",
-                },
-                Line {
-                    name: "p95",
-                    color: "#f58518",
-                    points: series(tl, |s| s.p95),
-                    dashed: false,
-                    unit: "ms",
-                },
-                Line {
-                    name: "p99",
-                    color: "#e45756",
-                    points: series(tl, |s| s.p99),
-                    dashed: true,
-                    unit: "ms",
-                },
-            ],
-            right: Vec::new(),
-            right_label: "",
-            x_ticks: Vec::new(),
-            shade_from,
-        }
-        .render(),
-    );
-    html.push_str(
-        &Chart {
-            title: "Throughput: generate answers per second",
-            y_label: "requests / s",
-            x_label: "seconds",
-            xs: xs.clone(),
-            x_max,
-            bars: vec![
-                Bars {
-                    name: "accepted",
-                    color: "#54a24b",
-                    values: tl
-                        .iter()
-                        .map(|s| s.generate.saturating_sub(s.generate_errors) as f64)
-                        .collect(),
-                },
-                Bars {
-                    name: "failed",
-                    color: "#e45756",
-                    values: tl.iter().map(|s| s.generate_errors as f64).collect(),
-                },
-            ],
-            lines: Vec::new(),
-            right: vec![Line {
-                name: if open { "target rate /s" } else { "active VUs" },
-                color: "#72b7b2",
-                points: series(tl, |s| Some(if open { s.target } else { s.vus as f64 })),
-                dashed: true,
-                unit: if open { "/s" } else { "VUs" },
-            }],
-            right_label: if open { "target /s" } else { "VUs" },
-            x_ticks: Vec::new(),
-            shade_from,
-        }
-        .render(),
-    );
-    if value("sessions_completed", "count").unwrap_or(0.0) > 0.0 {
-        html.push_str(
-            &Chart {
-                title: "Sessions: completions per second and end-to-end p95",
-                y_label: "sessions / s",
-                x_label: "seconds",
-                xs: xs.clone(),
-                x_max,
-                bars: vec![Bars {
-                    name: "completed",
-                    color: "#b279a2",
-                    values: tl.iter().map(|s| s.sessions_completed as f64).collect(),
-                }],
-                lines: Vec::new(),
-                right: vec![Line {
-                    name: "e2e p95 (ms)",
-                    color: "#f58518",
-                    points: series(tl, |s| s.e2e_p95),
-                    dashed: false,
-                    unit: "ms",
-                }],
-                right_label: "ms",
-                x_ticks: Vec::new(),
-                shade_from,
-            }
-            .render(),
-        );
+/// The x axis the charts over time share: the end of each second, the run's length, and where
+/// the drain after the load starts.
+struct TimeAxis {
+    xs: Vec<f64>,
+    x_max: f64,
+    shade_from: Option<f64>,
+}
+
+/// Latency, throughput and (when sessions completed) sessions over time.
+fn charts(summary: &Summary) -> String {
+    let tl = &summary.timeline;
+    let axis = TimeAxis {
+        xs: tl.iter().map(|s| s.t).collect(),
+        x_max: tl.last().map(|s| s.t.ceil()).unwrap_or(1.0),
+        shade_from: (summary.drain_s > 0.5).then_some(summary.duration_s),
+    };
+    let mut html = latency_chart(summary, &axis);
+    html.push_str(&throughput_chart(summary, &axis));
+    if summary.value("sessions_completed", "count").unwrap_or(0.0) > 0.0 {
+        html.push_str(&sessions_chart(summary, &axis));
     }
+    html
+}
+
+fn latency_chart(summary: &Summary, axis: &TimeAxis) -> String {
+    let tl = &summary.timeline;
+    let open = summary.config.mode == "open";
+    Chart {
+        title: if open {
+            "Generate latency over time (from the intended send time)"
+        } else {
+            "Generate latency over time"
+        },
+        y_label: "ms",
+        x_label: "seconds",
+        xs: axis.xs.clone(),
+        x_max: axis.x_max,
+        bars: Vec::new(),
+        lines: vec![
+            Line {
+                name: "p50",
+                color: "#4c78a8",
+                points: series(tl, |s| s.p50),
+                dashed: false,
+                unit: "ms",
+            },
+            Line {
+                name: "p95",
+                color: "#f58518",
+                points: series(tl, |s| s.p95),
+                dashed: false,
+                unit: "ms",
+            },
+            Line {
+                name: "p99",
+                color: "#e45756",
+                points: series(tl, |s| s.p99),
+                dashed: true,
+                unit: "ms",
+            },
+        ],
+        right: Vec::new(),
+        right_label: "",
+        x_ticks: Vec::new(),
+        shade_from: axis.shade_from,
+    }
+    .render()
+}
+
+fn throughput_chart(summary: &Summary, axis: &TimeAxis) -> String {
+    let tl = &summary.timeline;
+    let open = summary.config.mode == "open";
+    Chart {
+        title: "Throughput: generate answers per second",
+        y_label: "requests / s",
+        x_label: "seconds",
+        xs: axis.xs.clone(),
+        x_max: axis.x_max,
+        bars: vec![
+            Bars {
+                name: "accepted",
+                color: "#54a24b",
+                values: tl
+                    .iter()
+                    .map(|s| s.generate.saturating_sub(s.generate_errors) as f64)
+                    .collect(),
+            },
+            Bars {
+                name: "failed",
+                color: "#e45756",
+                values: tl.iter().map(|s| s.generate_errors as f64).collect(),
+            },
+        ],
+        lines: Vec::new(),
+        right: vec![Line {
+            name: if open { "target rate /s" } else { "active VUs" },
+            color: "#72b7b2",
+            points: series(tl, |s| Some(if open { s.target } else { s.vus as f64 })),
+            dashed: true,
+            unit: if open { "/s" } else { "VUs" },
+        }],
+        right_label: if open { "target /s" } else { "VUs" },
+        x_ticks: Vec::new(),
+        shade_from: axis.shade_from,
+    }
+    .render()
+}
+
+fn sessions_chart(summary: &Summary, axis: &TimeAxis) -> String {
+    let tl = &summary.timeline;
+    Chart {
+        title: "Sessions: completions per second and end-to-end p95",
+        y_label: "sessions / s",
+        x_label: "seconds",
+        xs: axis.xs.clone(),
+        x_max: axis.x_max,
+        bars: vec![Bars {
+            name: "completed",
+            color: "#b279a2",
+            values: tl.iter().map(|s| s.sessions_completed as f64).collect(),
+        }],
+        lines: Vec::new(),
+        right: vec![Line {
+            name: "e2e p95 (ms)",
+            color: "#f58518",
+            points: series(tl, |s| s.e2e_p95),
+            dashed: false,
+            unit: "ms",
+        }],
+        right_label: "ms",
+        x_ticks: Vec::new(),
+        shade_from: axis.shade_from,
+    }
+    .render()
+}
+
+/// The latency distributions as percentile curves, side by side.
+fn percentile_charts(summary: &Summary) -> String {
+    let mut html = String::new();
     html.push_str(r#"<div class="pair">"#);
     if let Some(points) = summary.distributions.get("http_req_duration") {
         html.push_str(&percentile_chart(
@@ -627,8 +717,11 @@ pub fn render(summary: &Summary) -> String {
         ));
     }
     html.push_str("</div>");
+    html
+}
 
-    // Tables.
+fn thresholds_table(summary: &Summary) -> String {
+    let mut html = String::new();
     if !summary.thresholds.is_empty() {
         html.push_str(
             "<h2>Thresholds</h2><table><tr><th></th><th>threshold</th><th>actual</th></tr>",
@@ -650,6 +743,11 @@ pub fn render(summary: &Summary) -> String {
         }
         html.push_str("</table>");
     }
+    html
+}
+
+fn routes_table(summary: &Summary) -> String {
+    let mut html = String::new();
     html.push_str("<h2>Routes</h2><table><tr><th>route</th><th>requests</th><th>rate/s</th><th>failed</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>max</th><th>statuses</th></tr>");
     for e in &summary.endpoints {
         let _ = write!(
@@ -674,6 +772,11 @@ pub fn render(summary: &Summary) -> String {
         );
     }
     html.push_str("</table>");
+    html
+}
+
+fn errors_table(summary: &Summary) -> String {
+    let mut html = String::new();
     let _ = write!(
         html,
         "<h2>Errors by class (generate requests)</h2><table><tr><th>credit_errors (402)</th><th>rate_limited (429)</th><th>provider_errors (5xx)</th><th>other_errors</th><th>error rate</th><th>success rate</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.2}%</td></tr></table>",
@@ -684,6 +787,11 @@ pub fn render(summary: &Summary) -> String {
         summary.errors.error_rate * 100.0,
         summary.errors.success_rate * 100.0
     );
+    html
+}
+
+fn checks_table(summary: &Summary) -> String {
+    let mut html = String::new();
     if !summary.checks.is_empty() {
         html.push_str(
             "<h2>Checks</h2><table><tr><th>check</th><th>passed</th><th>failed</th></tr>",
@@ -700,6 +808,12 @@ pub fn render(summary: &Summary) -> String {
         }
         html.push_str("</table>");
     }
+    html
+}
+
+/// This run against the baseline, metric by metric.
+fn comparison_table(summary: &Summary) -> String {
+    let mut html = String::new();
     if !summary.comparison.is_empty() {
         html.push_str("<h2>Change against the baseline</h2><table><tr><th>metric</th><th>stat</th><th>baseline</th><th>current</th><th>change</th><th>%</th></tr>");
         for ch in &summary.comparison {
@@ -723,6 +837,12 @@ pub fn render(summary: &Summary) -> String {
         }
         html.push_str("</table>");
     }
+    html
+}
+
+/// Every metric, the set-up as JSON, and the footer.
+fn appendix(summary: &Summary) -> String {
+    let mut html = String::new();
     html.push_str("<details><summary>All metrics</summary><table>");
     for (name, metric) in &summary.metrics {
         let _ = write!(

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::summary::{Metric, MetricKind};
+use crate::aggregate::{Metric, MetricKind, KNOWN_METRICS};
 
 /// How a metric's samples are reduced to one number.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -154,10 +154,10 @@ impl Threshold {
             return Err(format!("threshold `{source}` names no metric"));
         }
         let base = metric.split('{').next().unwrap_or_default();
-        if !crate::summary::KNOWN_METRICS.contains(&base) {
+        if !KNOWN_METRICS.contains(&base) {
             return Err(format!(
                 "threshold `{source}`: unknown metric `{base}` (known: {})",
-                crate::summary::KNOWN_METRICS.join(", ")
+                KNOWN_METRICS.join(", ")
             ));
         }
         let op_at = expr.find(['<', '>', '=', '!']).ok_or_else(|| {
