@@ -1,4 +1,8 @@
-"""moto, with DynamoDB's isolation and transactions that cost what they touch.
+"""moto, as strict as DynamoDB, with its isolation, and transactions that cost what they touch.
+
+Every DynamoDB request is first validated the way DynamoDB validates it (strict_dynamodb.py
+lists the rules enforced and those that are not): moto accepts requests that AWS refuses, and a
+test that passes only because of that proves nothing.
 
 Two faults of moto's threaded server, both fixed here without changing its DynamoDB semantics:
 
@@ -15,7 +19,9 @@ Two faults of moto's threaded server, both fixed here without changing its Dynam
 """
 
 import argparse
-import socket
+import io
+import json
+import os
 import sys
 import threading
 
@@ -26,6 +32,9 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import strict_dynamodb  # noqa: E402
 
 
 def install_item_level_rollback():
@@ -81,16 +90,62 @@ def install_item_level_rollback():
     backend.transact_write_items = transact_write_items
 
 
-def serialized_dynamodb(app):
+def key_schema_of(environ):
+    """A lookup of a table's key schema in moto's backend for the request's region."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    region = "us-east-1"
+    if "Credential=" in auth:
+        parts = auth.split("Credential=", 1)[1].split("/")
+        if len(parts) > 2:
+            region = parts[2]
+
+    def lookup(table_name):
+        table = dynamodb_backends[DEFAULT_ACCOUNT_ID][region].tables.get(table_name)
+        if table is None:
+            return None
+        schema = [(table.hash_key_attr, table.hash_key_type)]
+        if table.range_key_attr:
+            schema.append((table.range_key_attr, table.range_key_type))
+        return schema
+
+    return lookup
+
+
+def validation_error(start_response, message):
+    body = json.dumps(
+        {"__type": "com.amazonaws.dynamodb.v20120810#ValidationException", "message": message}
+    ).encode()
+    start_response(
+        "400 Bad Request",
+        [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+def strict_serialized_dynamodb(app):
+    """Validates each DynamoDB request as DynamoDB does, then lets one through at a time."""
     lock = threading.Lock()
 
     def wrapped(environ, start_response):
         target = environ.get("HTTP_X_AMZ_TARGET", "")
-        if target.startswith("DynamoDB_"):
-            with lock:
-                # Consume the whole response inside the lock: the work happens lazily.
-                return list(app(environ, start_response))
-        return app(environ, start_response)
+        if not target.startswith("DynamoDB_"):
+            return app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(raw)
+        with lock:
+            try:
+                body = json.loads(raw or b"{}")
+                strict_dynamodb.check(target, body, key_schema_of(environ))
+            except strict_dynamodb.Invalid as e:
+                return validation_error(start_response, str(e))
+            except ValueError:
+                pass  # not JSON: moto answers as DynamoDB would
+            # Consume the whole response inside the lock: the work happens lazily.
+            return list(app(environ, start_response))
 
     return wrapped
 
@@ -105,7 +160,7 @@ def main():
     server = make_server(
         args.host,
         args.port,
-        serialized_dynamodb(app),
+        strict_serialized_dynamodb(app),
         threaded=True,
         request_handler=MotoRequestHandler,
     )

@@ -145,6 +145,8 @@ pub struct Report {
     pub lots_expired: u64,
     /// Credits lost to expiry.
     pub credits_expired: i64,
+    /// Accounts whose expiry failed (logged; the next run tries them again).
+    pub expiry_failures: u64,
     /// Steps left for the next run because the deadline came near.
     pub stopped_early: bool,
 }
@@ -637,11 +639,18 @@ async fn expire_lots(sweeper: &Sweeper, stop_at: Instant, report: &mut Report) -
             report.stopped_early = true;
             break;
         }
+        // One account that cannot be expired must not keep the others from expiring.
         let now_secs = clock::ms_to_secs(now);
-        let lost =
-            ledger::expire_due(&app.aws.dynamodb, &app.config.table, &user, now_secs).await?;
-        report.lots_expired += 1;
-        report.credits_expired += lost;
+        match ledger::expire_due(&app.aws.dynamodb, &app.config.table, &user, now_secs).await {
+            Ok(lost) => {
+                report.lots_expired += 1;
+                report.credits_expired += lost;
+            }
+            Err(e) => {
+                report.expiry_failures += 1;
+                tracing::error!(user = %user, error = %e.chain(), "lot expiry failed; next run");
+            }
+        }
     }
     Ok(())
 }

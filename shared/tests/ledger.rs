@@ -249,3 +249,49 @@ async fn a_repeated_grant_of_the_same_lot_grants_once() {
     let account = world.assert_conserved("g").await;
     assert_eq!(account.available, 25);
 }
+
+#[tokio::test]
+async fn an_unheld_lot_expires_and_the_account_stays_usable() {
+    // On AWS this expiry used to be refused (a `:true` value no expression used), and from then
+    // on every reserve and balance read of the user failed.
+    let world = World::new().await;
+    let now = clock::now_secs();
+    world.grant("unheld", 10, Some(now + 100)).await;
+    world.grant("unheld", 5, None).await;
+    let lost = ledger::expire_due(world.ddb(), world.table(), "unheld", now + 200)
+        .await
+        .expect("the expiry of an unheld lot is accepted");
+    assert_eq!(lost, 10);
+    let account = world.assert_conserved("unheld").await;
+    assert_eq!((account.available, account.expired), (5, 10));
+    assert_eq!(account.next_expiry_secs, ledger::NO_EXPIRY);
+    assert!(account.lots.values().all(|l| l.expires_at_secs.is_none()));
+    assert!(hold(&world, "unheld", 5).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_fully_spent_lot_expires_cleanly_and_the_account_stays_usable() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    world.grant("spent", 4, Some(now + 100)).await;
+    world.grant("spent", 5, None).await;
+    let session = hold(&world, "spent", 4).await.unwrap();
+    settle(&world, "spent", &session, 4).await;
+    assert_eq!(
+        world.account("spent").await.lots.len(),
+        1,
+        "the spent lot is gone"
+    );
+    let lost = ledger::expire_due(world.ddb(), world.table(), "spent", now + 200)
+        .await
+        .expect("an expiry with nothing left to expire is accepted");
+    assert_eq!(lost, 0);
+    let account = world.assert_conserved("spent").await;
+    assert_eq!(
+        (account.available, account.captured, account.expired),
+        (5, 4, 0)
+    );
+    assert_eq!(account.next_expiry_secs, ledger::NO_EXPIRY);
+    assert!(!kinds(&world, "spent").await.contains(&EntryKind::Expire));
+    assert!(hold(&world, "spent", 5).await.is_ok());
+}

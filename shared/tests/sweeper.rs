@@ -391,3 +391,37 @@ async fn two_overlapping_runs_do_no_harm() {
     );
     world.assert_conserved("stale").await;
 }
+
+#[tokio::test]
+async fn one_account_that_cannot_expire_does_not_stop_the_others() {
+    let world = World::new().await;
+    let now = shared::clock::now_secs();
+    // Due first, so the run meets it first: its item no longer decodes.
+    world.grant("broken", 10, Some(now - 20)).await;
+    world
+        .ddb()
+        .update_item()
+        .table_name(world.table())
+        .set_key(Some(shared::ledger::account_key("broken")))
+        .update_expression("SET available = :text")
+        .expression_attribute_values(":text", shared::table::string("ten"))
+        .send()
+        .await
+        .unwrap();
+    world.grant("fine", 30, Some(now - 10)).await;
+    world.grant("fine", 5, None).await;
+    let mock = mock_provider::start(instant_renders()).await.unwrap();
+    let report = sweep(
+        &sweeper_for(&world, &mock, Settings::default()),
+        long_deadline(),
+    )
+    .await;
+    assert_eq!(
+        (report.expiry_failures, report.lots_expired),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.credits_expired, 30);
+    let fine = world.assert_conserved("fine").await;
+    assert_eq!((fine.available, fine.expired), (5, 30));
+}

@@ -56,7 +56,6 @@ fn expiry_update(
         (":next".to_owned(), number(plan.next_expiry_secs)),
         (":one".to_owned(), number(1)),
         (":version".to_owned(), number(account.version)),
-        (":true".to_owned(), AttributeValue::Bool(true)),
     ]);
     let mut sets = vec!["next_expiry = :next".to_owned()];
     let mut removes = Vec::new();
@@ -73,6 +72,8 @@ fn expiry_update(
             removes.push(format!("lots.#lot{i}"));
         } else {
             values.insert(format!(":lot{i}"), number(*backing));
+            // DynamoDB refuses a value no expression uses: `:true` only goes with its use.
+            values.insert(":true".to_owned(), AttributeValue::Bool(true));
             sets.push(format!("lots.#lot{i}.remaining = :lot{i}"));
             sets.push(format!("lots.#lot{i}.expired = :true"));
         }
