@@ -206,97 +206,9 @@ impl Args {
             s.gateway_url.as_deref().map(|u| u.trim_end_matches('/'))
                 == Some(base_url.trim_end_matches('/'))
         });
-
-        let (load, preset) = if let Some(rate) = &self.rate {
-            let rate = parse_rate(rate).map_err(|e| format!("--rate: {e}"))?;
-            let length = duration("duration", self.duration.as_deref().unwrap_or_default())?;
-            if length.is_zero() {
-                return Err("--duration must be above zero".into());
-            }
-            (
-                Load::Open {
-                    profile: Profile::constant(rate, length),
-                    max_inflight: self.max_inflight,
-                },
-                None,
-            )
-        } else if let Some(stages) = &self.rate_stages {
-            let start = parse_rate(&self.start_rate).map_err(|e| format!("--start-rate: {e}"))?;
-            (
-                Load::Open {
-                    profile: Profile::parse_rates(stages, start)
-                        .map_err(|e| format!("--rate-stages: {e}"))?,
-                    max_inflight: self.max_inflight,
-                },
-                None,
-            )
-        } else {
-            let think = Think::parse(&self.think).map_err(|e| format!("--think: {e}"))?;
-            match &self.stages {
-                Some(stages) => (
-                    Load::Closed {
-                        profile: Profile::parse_vus(stages)
-                            .map_err(|e| format!("--stages: {e}"))?,
-                        think,
-                    },
-                    None,
-                ),
-                None => {
-                    let preset = self.preset.unwrap_or(Preset::Smoke);
-                    (
-                        Load::Closed {
-                            profile: preset.profile(),
-                            think,
-                        },
-                        Some(preset.name().to_string()),
-                    )
-                }
-            }
-        };
-
-        let key = self
-            .jwt_key
-            .clone()
-            .or_else(|| same_stack.and_then(|s| s.dev_key.clone()));
-        let minter = key.map(|key| Minter {
-            key,
-            issuer: self
-                .jwt_iss
-                .clone()
-                .or_else(|| same_stack.and_then(|s| s.issuer.clone())),
-            audience: self
-                .jwt_aud
-                .clone()
-                .or_else(|| same_stack.and_then(|s| s.audience.clone())),
-        });
-        let identity = if let Some(token) = &self.token {
-            Identity::Tokens(vec![TestUser::from_token(token)])
-        } else if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
-            let mut users = parse_token_file(&text);
-            if users.is_empty() {
-                return Err(format!("--token-file {}: no tokens", path.display()));
-            }
-            if let Some(n) = self.users {
-                users.truncate(n.max(1));
-            }
-            Identity::Tokens(users)
-        } else if let Some(minter) = &minter {
-            Identity::Mint {
-                minter: minter.clone(),
-                users: self.users.unwrap_or(1),
-                prefix: self
-                    .user_prefix
-                    .clone()
-                    .unwrap_or_else(|| format!("lt-{run_id}-")),
-            }
-        } else {
-            return Err(
-                "no way to authenticate: pass --jwt-key (local stack), --token-file or --token"
-                    .into(),
-            );
-        };
+        let (load, preset) = self.load()?;
+        let minter = self.minter(same_stack);
+        let identity = self.identity(minter.as_ref(), &run_id)?;
         let admin_token = self.admin_token.clone().or_else(|| {
             minter.as_ref().map(|m| {
                 m.token(
@@ -309,7 +221,6 @@ impl Args {
         if self.seed_credits == 0 || self.seed_credits > 1_000_000 {
             return Err("--seed-credits must be within 1..1000000".into());
         }
-
         let e2e = (!self.no_e2e)
             .then(|| -> Result<PollPolicy, String> {
                 Ok(PollPolicy {
@@ -345,6 +256,103 @@ impl Args {
             seed: self.seed.unwrap_or_else(|| fastrand::u64(..)),
             run_id,
             allow_long: self.i_know,
+        })
+    }
+
+    /// The load model: an open model when a rate is given, else the closed model of --stages
+    /// or of a preset (smoke by default); the preset's name when one was used.
+    fn load(&self) -> Result<(Load, Option<String>), String> {
+        if let Some(rate) = &self.rate {
+            let rate = parse_rate(rate).map_err(|e| format!("--rate: {e}"))?;
+            let length = duration("duration", self.duration.as_deref().unwrap_or_default())?;
+            if length.is_zero() {
+                return Err("--duration must be above zero".into());
+            }
+            let profile = Profile::constant(rate, length);
+            return Ok((self.open(profile), None));
+        }
+        if let Some(stages) = &self.rate_stages {
+            let start = parse_rate(&self.start_rate).map_err(|e| format!("--start-rate: {e}"))?;
+            let profile =
+                Profile::parse_rates(stages, start).map_err(|e| format!("--rate-stages: {e}"))?;
+            return Ok((self.open(profile), None));
+        }
+        let think = Think::parse(&self.think).map_err(|e| format!("--think: {e}"))?;
+        Ok(match &self.stages {
+            Some(stages) => (
+                Load::Closed {
+                    profile: Profile::parse_vus(stages).map_err(|e| format!("--stages: {e}"))?,
+                    think,
+                },
+                None,
+            ),
+            None => {
+                let preset = self.preset.unwrap_or(Preset::Smoke);
+                (
+                    Load::Closed {
+                        profile: preset.profile(),
+                        think,
+                    },
+                    Some(preset.name().to_string()),
+                )
+            }
+        })
+    }
+
+    fn open(&self, profile: Profile) -> Load {
+        Load::Open {
+            profile,
+            max_inflight: self.max_inflight,
+        }
+    }
+
+    /// A token minter from --jwt-key/--jwt-iss/--jwt-aud, else from the local stack's dev key
+    /// when the run targets that stack.
+    fn minter(&self, same_stack: Option<&LocalStack>) -> Option<Minter> {
+        let key = self
+            .jwt_key
+            .clone()
+            .or_else(|| same_stack.and_then(|s| s.dev_key.clone()))?;
+        Some(Minter {
+            key,
+            issuer: self
+                .jwt_iss
+                .clone()
+                .or_else(|| same_stack.and_then(|s| s.issuer.clone())),
+            audience: self
+                .jwt_aud
+                .clone()
+                .or_else(|| same_stack.and_then(|s| s.audience.clone())),
+        })
+    }
+
+    /// Who the virtual users are: one --token, the users of --token-file, or minted users.
+    fn identity(&self, minter: Option<&Minter>, run_id: &str) -> Result<Identity, String> {
+        if let Some(token) = &self.token {
+            return Ok(Identity::Tokens(vec![TestUser::from_token(token)]));
+        }
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+            let mut users = parse_token_file(&text);
+            if users.is_empty() {
+                return Err(format!("--token-file {}: no tokens", path.display()));
+            }
+            if let Some(n) = self.users {
+                users.truncate(n.max(1));
+            }
+            return Ok(Identity::Tokens(users));
+        }
+        let minter = minter.ok_or(
+            "no way to authenticate: pass --jwt-key (local stack), --token-file or --token",
+        )?;
+        Ok(Identity::Mint {
+            minter: minter.clone(),
+            users: self.users.unwrap_or(1),
+            prefix: self
+                .user_prefix
+                .clone()
+                .unwrap_or_else(|| format!("lt-{run_id}-")),
         })
     }
 }

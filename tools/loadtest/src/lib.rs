@@ -230,35 +230,8 @@ pub async fn run(
     let api = Api::new(&plan.base_url, plan.http_timeout).map_err(RunError::Config)?;
     let token_ttl = plan.hard_cap() + Duration::from_secs(3600);
 
-    // Users: minted, or given; the hot user takes all the load.
-    let mut users = match &plan.identity {
-        Identity::Mint {
-            minter,
-            users,
-            prefix,
-        } => minter.users(prefix, *users, token_ttl),
-        Identity::Tokens(users) => users.clone(),
-    };
-    if plan.hot_user {
-        users.truncate(1);
-    }
-
-    // Preflight: the API answers, and takes the first user's token.
-    let health = api.get("/health", None).await;
-    if matches!(health.answer, Answer::Timeout | Answer::Transport) {
-        return Err(RunError::Unreachable {
-            url: plan.base_url.clone(),
-            why: health.answer.label(),
-        });
-    }
-    let probe = api.get("/api/credits/balance", Some(&users[0].token)).await;
-    if let Answer::Status(code @ (401 | 403)) = probe.answer {
-        return Err(RunError::Auth(format!(
-            "the API answered {code} to the first test user's token ({}): check --jwt-key / \
-             --jwt-iss / --jwt-aud, or the token file",
-            api::error_text(probe.body.as_ref())
-        )));
-    }
+    let users = test_users(&plan, token_ttl);
+    preflight(&api, &plan.base_url, &users[0]).await?;
 
     let mut seeded = 0;
     if let (Some(amount), Some(admin)) = (plan.seed_credits, plan.admin_token.as_deref()) {
@@ -298,32 +271,13 @@ pub async fn run(
     let ticker = progress::spawn(recorder.clone(), plan.progress, planned, open_model);
 
     // The load, bounded by the plan's hard cap whatever happens.
-    let load = {
-        let (world, stop, load) = (world.clone(), stop.clone(), plan.load.clone());
-        let (graceful_stop, seed) = (plan.graceful_stop, plan.seed);
-        async move {
-            match load {
-                Load::Closed { profile, think } => {
-                    executor::closed(world, start, profile, think, graceful_stop, seed, stop).await
-                }
-                Load::Open {
-                    profile,
-                    max_inflight,
-                } => {
-                    executor::open(
-                        world,
-                        start,
-                        profile,
-                        max_inflight,
-                        graceful_stop,
-                        seed,
-                        stop,
-                    )
-                    .await
-                }
-            }
-        }
-    };
+    let load = drive(
+        world.clone(),
+        start,
+        plan.load.clone(),
+        (plan.graceful_stop, plan.seed),
+        stop.clone(),
+    );
     let cap = plan.hard_cap();
     let _ = tokio::time::timeout(cap, load).await;
     let load_s = start.elapsed().as_secs_f64();
@@ -337,16 +291,7 @@ pub async fn run(
             .map(|p| p.timeout)
             .unwrap_or_default()
             .min(cap.saturating_sub(start.elapsed()));
-        let mut stop = stop.clone();
-        let drain = async {
-            while recorder.polling() > 0 && !*stop.borrow_and_update() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(drain_for, drain).await;
+        let _ = tokio::time::timeout(drain_for, drain(&recorder, stop.clone())).await;
     }
     hard_stop_tx.send_replace(true);
     let wait_pollers = async {
@@ -372,6 +317,82 @@ pub async fn run(
     );
     summary.passed = summary.thresholds.iter().all(|t| t.ok);
     Ok(summary)
+}
+
+/// The test users: minted, or given; the hot user takes all the load.
+fn test_users(plan: &Plan, token_ttl: Duration) -> Vec<TestUser> {
+    let mut users = match &plan.identity {
+        Identity::Mint {
+            minter,
+            users,
+            prefix,
+        } => minter.users(prefix, *users, token_ttl),
+        Identity::Tokens(users) => users.clone(),
+    };
+    if plan.hot_user {
+        users.truncate(1);
+    }
+    users
+}
+
+/// Preflight: the API answers, and takes the first user's token.
+async fn preflight(api: &Api, base_url: &str, first: &TestUser) -> Result<(), RunError> {
+    let health = api.get("/health", None).await;
+    if matches!(health.answer, Answer::Timeout | Answer::Transport) {
+        return Err(RunError::Unreachable {
+            url: base_url.to_owned(),
+            why: health.answer.label(),
+        });
+    }
+    let probe = api.get("/api/credits/balance", Some(&first.token)).await;
+    if let Answer::Status(code @ (401 | 403)) = probe.answer {
+        return Err(RunError::Auth(format!(
+            "the API answered {code} to the first test user's token ({}): check --jwt-key / \
+             --jwt-iss / --jwt-aud, or the token file",
+            api::error_text(probe.body.as_ref())
+        )));
+    }
+    Ok(())
+}
+
+/// The load of the plan's model, until its profile ends or `stop`.
+async fn drive(
+    world: Arc<scenario::World>,
+    start: Instant,
+    load: Load,
+    (graceful_stop, seed): (Duration, u64),
+    stop: watch::Receiver<bool>,
+) {
+    match load {
+        Load::Closed { profile, think } => {
+            executor::closed(world, start, profile, think, graceful_stop, seed, stop).await
+        }
+        Load::Open {
+            profile,
+            max_inflight,
+        } => {
+            executor::open(
+                world,
+                start,
+                profile,
+                max_inflight,
+                graceful_stop,
+                seed,
+                stop,
+            )
+            .await
+        }
+    }
+}
+
+/// Returns when no session is polled any more, or on `stop`.
+async fn drain(recorder: &Recorder, mut stop: watch::Receiver<bool>) {
+    while recorder.polling() > 0 && !*stop.borrow_and_update() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 struct SummaryInputs {
