@@ -2,7 +2,9 @@
 
 Every DynamoDB request is first validated the way DynamoDB validates it (strict_dynamodb.py
 lists the rules enforced and those that are not): moto accepts requests that AWS refuses, and a
-test that passes only because of that proves nothing.
+test that passes only because of that proves nothing. Tests can also arm DynamoDB's pressure
+faults (throttling, transaction conflicts, a lost response...) per table at `/_faults`
+(dynamodb_faults.py).
 
 Two faults of moto's threaded server, both fixed here without changing its DynamoDB semantics:
 
@@ -34,6 +36,7 @@ from moto.moto_server.werkzeug_app import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dynamodb_faults  # noqa: E402
 import strict_dynamodb  # noqa: E402
 
 
@@ -114,15 +117,45 @@ def key_schema_of(environ):
     return lookup
 
 
+def json_answer(start_response, status, body, content_type="application/x-amz-json-1.0"):
+    reasons = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}
+    start_response(
+        f"{status} {reasons.get(status, '')}",
+        [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
 def validation_error(start_response, message):
     body = json.dumps(
         {"__type": "com.amazonaws.dynamodb.v20120810#ValidationException", "message": message}
     ).encode()
-    start_response(
-        "400 Bad Request",
-        [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(body)))],
-    )
-    return [body]
+    return json_answer(start_response, 400, body)
+
+
+def fault_control(environ, start_response):
+    """`/_faults`: arm (POST), list (GET) or drop (DELETE ?table=) injected DynamoDB faults."""
+    method = environ["REQUEST_METHOD"]
+    if method == "POST":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        try:
+            rule = dynamodb_faults.arm(json.loads(environ["wsgi.input"].read(length)))
+        except (ValueError, TypeError) as e:
+            return json_answer(start_response, 400, json.dumps({"error": str(e)}).encode())
+        return json_answer(start_response, 200, json.dumps(rule).encode(), "application/json")
+    if method == "DELETE":
+        query = dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
+        dynamodb_faults.disarm(query.get("table", ""))
+    body = json.dumps(dynamodb_faults.rules()).encode()
+    return json_answer(start_response, 200, body, "application/json")
+
+
+def inject(fault, body, start_response, apply):
+    """Answers with an injected fault; a lost response is applied first."""
+    if fault == "lost_response":
+        apply()
+    status, payload = dynamodb_faults.response(fault, body)
+    return json_answer(start_response, status, payload)
 
 
 def strict_serialized_dynamodb(app):
@@ -130,6 +163,8 @@ def strict_serialized_dynamodb(app):
     lock = threading.Lock()
 
     def wrapped(environ, start_response):
+        if environ.get("PATH_INFO") == "/_faults":
+            return fault_control(environ, start_response)
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if not target.startswith("DynamoDB_"):
             return app(environ, start_response)
@@ -143,7 +178,12 @@ def strict_serialized_dynamodb(app):
             except strict_dynamodb.Invalid as e:
                 return validation_error(start_response, str(e))
             except ValueError:
-                pass  # not JSON: moto answers as DynamoDB would
+                body = {}  # not JSON: moto answers as DynamoDB would
+            fault = dynamodb_faults.take(target.split(".", 1)[-1], body)
+            if fault:
+                # A lost response's write is applied; moto's own answer is thrown away.
+                apply = lambda: list(app(environ, lambda *_: None))  # noqa: E731
+                return inject(fault, body, start_response, apply)
             # Consume the whole response inside the lock: the work happens lazily.
             return list(app(environ, start_response))
 

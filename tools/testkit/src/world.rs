@@ -268,3 +268,77 @@ pub async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<Value> {
         }
     }
 }
+
+/// A DynamoDB fault the moto launcher injects (scripts/dynamodb_faults.py).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// 400 ThrottlingException.
+    Throttling,
+    /// 400 ProvisionedThroughputExceededException.
+    ProvisionedThroughput,
+    /// 400 TransactionCanceledException, every reason TransactionConflict.
+    Conflict,
+    /// 400 TransactionInProgressException.
+    InProgress,
+    /// 500 InternalServerError.
+    Internal,
+    /// The request is applied, then answered with a 500.
+    LostResponse,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Throttling => "throttling",
+            Self::ProvisionedThroughput => "provisioned_throughput",
+            Self::Conflict => "conflict",
+            Self::InProgress => "in_progress",
+            Self::Internal => "internal",
+            Self::LostResponse => "lost_response",
+        }
+    }
+}
+
+impl World {
+    /// Arms a fault on this world's table: after `skip` matching `operation` calls, the next
+    /// `count` are answered with `fault`.
+    pub async fn inject(&self, operation: &str, fault: Fault, skip: u32, count: u32) {
+        let rule = serde_json::json!({
+            "table": self.table(), "operation": operation, "fault": fault.name(),
+            "skip": skip, "count": count,
+        });
+        let answer = reqwest::Client::new()
+            .post(format!("{}/_faults", endpoint()))
+            .json(&rule)
+            .send()
+            .await
+            .expect("the moto launcher answers");
+        assert!(answer.status().is_success(), "fault not armed: {answer:?}");
+    }
+
+    /// How many calls the faults armed on this world's table have injected, in all.
+    pub async fn injected(&self) -> u64 {
+        let rules: Vec<Value> = reqwest::Client::new()
+            .get(format!("{}/_faults", endpoint()))
+            .send()
+            .await
+            .expect("the moto launcher answers")
+            .json()
+            .await
+            .expect("a JSON list of rules");
+        rules
+            .iter()
+            .filter(|r| r["table"] == self.table())
+            .map(|r| r["injected"].as_u64().unwrap_or_default())
+            .sum()
+    }
+
+    /// Drops every fault armed on this world's table.
+    pub async fn clear_faults(&self) {
+        reqwest::Client::new()
+            .delete(format!("{}/_faults?table={}", endpoint(), self.table()))
+            .send()
+            .await
+            .expect("the moto launcher answers");
+    }
+}
