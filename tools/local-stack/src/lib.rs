@@ -3,14 +3,19 @@
 //! `local up` reads template.yaml and plays AWS around the real function binaries:
 //!
 //! - [`template`]: functions, events, routes and resources read from template.yaml;
-//! - [`resources`]: the tables, queues and buckets created on moto;
+//! - [`resources`]: the tables, queues and buckets created on moto (and the SDK configuration
+//!   that reaches moto, shared by the start-up and the CLI);
 //! - [`gateway`]: API Gateway (HTTP API, payload 2.0) with a local JWT authorizer ([`jwt`]);
 //! - [`poller`]: the SQS event source mappings (batches, partial batch failures, redrive);
 //! - [`schedule`]: the EventBridge schedules;
 //! - [`invoke`]: the Lambda Invoke API of `cargo lambda watch`, through which all of them
 //!   deliver their events;
-//! - [`procs`], [`build`], [`log`], [`state`], [`stack`], [`demo`], [`client`]: processes,
-//!   builds, logs, the state file, the orchestration, the demo and a JSON client.
+//! - [`stack`]: the orchestration of `local up`, one step per component (moto, the mock,
+//!   `cargo lambda watch`, the gateway, pollers, schedules, the state file);
+//! - [`demo`]: the demo user and the demo run, which `stack` calls and which needs nothing
+//!   of it;
+//! - [`procs`], [`build`], [`log`], [`state`], [`client`]: processes, builds, logs, the state
+//!   file and a JSON client.
 
 pub mod build;
 pub mod client;

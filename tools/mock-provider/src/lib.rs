@@ -1,6 +1,12 @@
 //! A mock of the BytePlus ModelArk provider API (Seedream images, Seedance video tasks),
 //! for tests (start it in-process with [`serve`] / [`start`]) and for the local stack
 //! (the `mock-provider` binary). See README.md for the triggers and control endpoints.
+//!
+//! Layout: this file holds the server, the shared state and the admission every endpoint goes
+//! through (key, JSON body, then for the generation endpoints the prompt's triggers and the
+//! planned faults); `images` (Seedream) and `tasks` (Seedance) own their endpoints and request
+//! validation, `knobs` the tunables and statistics (one [`PerKind`] record per endpoint kind),
+//! `png` the generated images, `util` time, triggers, query strings and error codes.
 
 mod images;
 pub mod knobs;
