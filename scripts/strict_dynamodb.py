@@ -53,6 +53,11 @@ EXPRESSIONS = {
 MAX_TRANSACTION_ITEMS = 100
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 MAX_ITEM_BYTES = 400 * 1024
+UNDEFINED = {
+    "#": "An expression attribute name used in the document path is not defined; "
+    "attribute name: ",
+    ":": "An expression attribute value used in expression is not defined; attribute value: ",
+}
 TOKEN = re.compile(r"([#:]?)([A-Za-z_][A-Za-z0-9_]*)(\s*\()?")
 
 
@@ -175,20 +180,12 @@ def check_expressions(op):
         if expression is None:
             continue
         for sigil, word, call in TOKEN.findall(expression):
-            if sigil == "#":
-                if "#" + word not in names:
-                    raise Invalid(
-                        f"Invalid {kind}: An expression attribute name used in the document "
-                        f"path is not defined; attribute name: #{word}"
-                    )
-                used_names.add("#" + word)
-            elif sigil == ":":
-                if ":" + word not in values:
-                    raise Invalid(
-                        f"Invalid {kind}: An expression attribute value used in expression is "
-                        f"not defined; attribute value: :{word}"
-                    )
-                used_values.add(":" + word)
+            if sigil:
+                token = sigil + word
+                defined, used = (names, used_names) if sigil == "#" else (values, used_values)
+                if token not in defined:
+                    raise Invalid(f"Invalid {kind}: {UNDEFINED[sigil]}{token}")
+                used.add(token)
             elif not call and word.upper() in RESERVED and word.upper() not in GRAMMAR:
                 raise Invalid(
                     f"Invalid {kind}: Attribute name is a reserved keyword; "

@@ -170,9 +170,8 @@ struct Counters {
 }
 
 impl Counters {
-    /// Counts one on `counter` if it `happened`.
-    fn count(counter: &AtomicU64, happened: bool) {
-        counter.fetch_add(u64::from(happened), Ordering::Relaxed);
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn add_to(self, report: &mut Report) {
@@ -325,8 +324,15 @@ async fn check_renders(sweeper: &Sweeper, stop_at: Instant, report: &mut Report)
                         return;
                     }
                     counters.checked.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = settle_render(sweeper, session, task, counters).await {
-                        tracing::warn!(session = %session.session_id, error = %e.chain(), "render step failed; next run");
+                    match settle_render(sweeper, session, task, counters).await {
+                        Ok(Render::Completed) => Counters::count(&counters.completed),
+                        Ok(Render::Failed) => Counters::count(&counters.failed),
+                        Ok(Render::Rendering) => Counters::count(&counters.rendering),
+                        // Another run moved the session first.
+                        Ok(Render::Unchanged) => {}
+                        Err(e) => {
+                            tracing::warn!(session = %session.session_id, error = %e.chain(), "render step failed; next run")
+                        }
                     }
                 }
             })
@@ -394,15 +400,33 @@ async fn task_statuses(
     tasks
 }
 
+/// What one render check did to its session.
+enum Render {
+    Completed,
+    Failed,
+    Rendering,
+    Unchanged,
+}
+
+impl Render {
+    fn failed_if(ended: bool) -> Self {
+        if ended {
+            Self::Failed
+        } else {
+            Self::Unchanged
+        }
+    }
+}
+
 /// Acts on one task's status: completes, fails, cancels or checks again later.
 async fn settle_render(
     sweeper: &Sweeper,
     session: &Session,
     task: &Task,
     counters: &Counters,
-) -> Result<()> {
+) -> Result<Render> {
     match task.state() {
-        TaskState::Succeeded => complete_render(sweeper, session, task, counters).await,
+        TaskState::Succeeded => complete_render(sweeper, session, task).await,
         TaskState::Ended => {
             let error = match &task.error {
                 Some(e) if provider::is_content_policy(&e.code) => SessionError {
@@ -416,7 +440,9 @@ async fn settle_render(
                     message: format!("The video render {}. No credits were charged.", task.status),
                 },
             };
-            end_and_release(&sweeper.app, session, error, counters).await
+            Ok(Render::failed_if(
+                end_and_release(&sweeper.app, session, error).await?,
+            ))
         }
         TaskState::Pending => still_rendering(sweeper, session, task, counters).await,
     }
@@ -424,12 +450,7 @@ async fn settle_render(
 
 /// Copies a finished video (and its last frame, when there is one) into S3, then completes
 /// the session and captures its credits.
-async fn complete_render(
-    sweeper: &Sweeper,
-    session: &Session,
-    task: &Task,
-    counters: &Counters,
-) -> Result<()> {
+async fn complete_render(sweeper: &Sweeper, session: &Session, task: &Task) -> Result<Render> {
     let app = &sweeper.app;
     let content = task
         .content
@@ -470,8 +491,11 @@ async fn complete_render(
     let completed =
         transitions::complete_with_capture(sweeper.ddb(), sweeper.table(), session, completion)
             .await?;
-    Counters::count(&counters.completed, completed);
-    Ok(())
+    Ok(if completed {
+        Render::Completed
+    } else {
+        Render::Unchanged
+    })
 }
 
 /// A task still queued or running: cancelled past the longest render time, else checked again
@@ -481,8 +505,7 @@ async fn still_rendering(
     session: &Session,
     task: &Task,
     counters: &Counters,
-) -> Result<()> {
-    let app = &sweeper.app;
+) -> Result<Render> {
     let running_for = clock::now_ms() - session.claimed_at_ms.unwrap_or(session.created_at_ms);
     if running_for > sweeper.settings.max_render_ms {
         counters.cancels.fetch_add(1, Ordering::Relaxed);
@@ -495,7 +518,9 @@ async fn still_rendering(
                       No credits were charged."
                 .into(),
         };
-        return end_and_release(app, session, error, counters).await;
+        return Ok(Render::failed_if(
+            end_and_release(&sweeper.app, session, error).await?,
+        ));
     }
     let (first, longest) = sweeper.settings.check_backoff_ms;
     let delay = (first << session.checks.min(6)).min(longest);
@@ -503,21 +528,16 @@ async fn still_rendering(
     let scheduled =
         transitions::schedule_next_check(sweeper.ddb(), sweeper.table(), session, next_at_ms)
             .await?;
-    Counters::count(&counters.rendering, scheduled);
-    Ok(())
+    Ok(if scheduled {
+        Render::Rendering
+    } else {
+        Render::Unchanged
+    })
 }
 
-async fn end_and_release(
-    app: &AppState,
-    session: &Session,
-    error: SessionError,
-    counters: &Counters,
-) -> Result<()> {
-    let failed =
-        transitions::fail_with_release(&app.aws.dynamodb, &app.config.table, session, error)
-            .await?;
-    Counters::count(&counters.failed, failed);
-    Ok(())
+/// Fails a session and releases its hold; whether this call ended it.
+async fn end_and_release(app: &AppState, session: &Session, error: SessionError) -> Result<bool> {
+    transitions::fail_with_release(&app.aws.dynamodb, &app.config.table, session, error).await
 }
 
 async fn redispatch_stuck(sweeper: &Sweeper, stop_at: Instant, report: &mut Report) -> Result<()> {
@@ -606,7 +626,6 @@ async fn release_stale_holds(
         None,
     )
     .await?;
-    let counters = Counters::default();
     for session in stale.iter().filter(|s| !s.status.is_final()) {
         if Instant::now() >= stop_at {
             report.stopped_early = true;
@@ -616,11 +635,11 @@ async fn release_stale_holds(
             code: "timed_out".into(),
             message: "The generation did not finish in time. No credits were charged.".into(),
         };
-        end_and_release(app, session, error, &counters).await?;
+        if end_and_release(app, session, error).await? {
+            report.holds_released += 1;
+            report.failed += 1;
+        }
     }
-    let released = counters.failed.into_inner();
-    report.holds_released += released;
-    report.failed += released;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! DynamoDB under pressure, injected at the moto launcher (scripts/dynamodb_faults.py): each
 //! fault reaches the SDK as DynamoDB sends it, and our code copes where it can.
 
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use shared::ledger::{self, Reservation};
 use shared::table::{key, string};
 use testkit::{Fault, World};
@@ -9,20 +9,21 @@ use testkit::{Fault, World};
 /// The SDK's own attempts per call (standard retry mode).
 const SDK_ATTEMPTS: u32 = 3;
 
+/// The error code DynamoDB answered with, if it refused the call.
+fn error_code<T, E: ProvideErrorMetadata, R>(answer: Result<T, SdkError<E, R>>) -> Option<String> {
+    let error = answer.err()?;
+    error.as_service_error()?.code().map(str::to_owned)
+}
+
 async fn get_error_code(world: &World) -> Option<String> {
-    world
+    let answer = world
         .ddb()
         .get_item()
         .table_name(world.table())
         .set_key(Some(key("U#a", "A")))
         .send()
-        .await
-        .err()
-        .and_then(|e| {
-            e.as_service_error()
-                .and_then(|s| s.code())
-                .map(str::to_owned)
-        })
+        .await;
+    error_code(answer)
 }
 
 #[tokio::test]
@@ -56,12 +57,10 @@ async fn each_fault_reaches_the_sdk_as_dynamodb_sends_it() {
         .transact_items(put)
         .send()
         .await;
-    let code = answer
-        .unwrap_err()
-        .as_service_error()
-        .and_then(|e| e.code())
-        .map(str::to_owned);
-    assert_eq!(code.as_deref(), Some("TransactionInProgressException"));
+    assert_eq!(
+        error_code(answer).as_deref(),
+        Some("TransactionInProgressException")
+    );
     assert!(
         world.keys().await.is_empty(),
         "an injected refusal writes nothing"
@@ -108,12 +107,10 @@ async fn a_lost_response_commits_the_write_the_caller_thinks_failed() {
         .send()
         .await;
     // The SDK retried the 500; the retry met the write that had committed.
-    let code = answer
-        .unwrap_err()
-        .as_service_error()
-        .and_then(|e| e.code())
-        .map(str::to_owned);
-    assert_eq!(code.as_deref(), Some("ConditionalCheckFailedException"));
+    assert_eq!(
+        error_code(answer).as_deref(),
+        Some("ConditionalCheckFailedException")
+    );
     assert_eq!(world.keys().await, vec![("U#a".into(), "A".into())]);
     assert_eq!(world.injected().await, 1);
 }

@@ -25,6 +25,21 @@ fn validation(message: &str) -> (String, String) {
     ("ValidationException".to_owned(), message.to_owned())
 }
 
+async fn transact(
+    world: &World,
+    items: Vec<TransactWriteItem>,
+) -> Result<
+    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
+    SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
+> {
+    world
+        .ddb()
+        .transact_write_items()
+        .set_transact_items(Some(items))
+        .send()
+        .await
+}
+
 fn item(pk: &str, sk: &str) -> Item {
     key(pk, sk)
 }
@@ -62,18 +77,19 @@ fn update(
 #[tokio::test]
 async fn an_unused_value_in_a_transaction_item_is_refused_and_nothing_is_written() {
     let world = World::new().await;
-    let result = world
-        .ddb()
-        .transact_write_items()
-        .transact_items(put(&world, item("U#a", "A")))
-        .transact_items(update(
-            &world,
-            key("U#a", "B"),
-            "SET n = :n",
-            &[(":n", number(1)), (":true", AttributeValue::Bool(true))],
-        ))
-        .send()
-        .await;
+    let result = transact(
+        &world,
+        vec![
+            put(&world, item("U#a", "A")),
+            update(
+                &world,
+                key("U#a", "B"),
+                "SET n = :n",
+                &[(":n", number(1)), (":true", AttributeValue::Bool(true))],
+            ),
+        ],
+    )
+    .await;
     assert_eq!(
         refusal(result),
         validation(
@@ -93,46 +109,39 @@ async fn unused_and_undefined_names_and_values_are_refused() {
             .table_name(world.table())
             .set_key(Some(key("U#a", "A")))
     };
-    let unused_name = base()
-        .update_expression("SET n = :n")
-        .expression_attribute_values(":n", number(1))
-        .expression_attribute_names("#unused", "x")
-        .send()
-        .await;
-    assert_eq!(
-        refusal(unused_name),
-        validation(
-            "Value provided in ExpressionAttributeNames unused in expressions: keys: {#unused}"
-        )
-    );
-    let undefined_value = base()
-        .update_expression("SET n = :n")
-        .condition_expression("n < :missing")
-        .expression_attribute_values(":n", number(1))
-        .send()
-        .await;
-    assert_eq!(
-        refusal(undefined_value),
-        validation("Invalid ConditionExpression: An expression attribute value used in expression is not defined; attribute value: :missing")
-    );
-    let undefined_name = base()
-        .update_expression("SET #n = :n")
-        .expression_attribute_values(":n", number(1))
-        .send()
-        .await;
-    assert_eq!(
-        refusal(undefined_name),
-        validation("Invalid UpdateExpression: An expression attribute name used in the document path is not defined; attribute name: #n")
-    );
-    let empty = base()
-        .update_expression("SET n = :n")
-        .set_expression_attribute_values(Some(Default::default()))
-        .send()
-        .await;
-    assert_eq!(
-        refusal(empty),
-        validation("ExpressionAttributeValues must not be empty")
-    );
+    let cases = [
+        (
+            base()
+                .update_expression("SET n = :n")
+                .expression_attribute_values(":n", number(1))
+                .expression_attribute_names("#unused", "x"),
+            "Value provided in ExpressionAttributeNames unused in expressions: keys: {#unused}",
+        ),
+        (
+            base()
+                .update_expression("SET n = :n")
+                .condition_expression("n < :missing")
+                .expression_attribute_values(":n", number(1)),
+            "Invalid ConditionExpression: An expression attribute value used in expression is \
+             not defined; attribute value: :missing",
+        ),
+        (
+            base()
+                .update_expression("SET #n = :n")
+                .expression_attribute_values(":n", number(1)),
+            "Invalid UpdateExpression: An expression attribute name used in the document path \
+             is not defined; attribute name: #n",
+        ),
+        (
+            base()
+                .update_expression("SET n = :n")
+                .set_expression_attribute_values(Some(Default::default())),
+            "ExpressionAttributeValues must not be empty",
+        ),
+    ];
+    for (request, message) in cases {
+        assert_eq!(refusal(request.send().await), validation(message));
+    }
     assert!(world.keys().await.is_empty());
 }
 
@@ -171,32 +180,25 @@ async fn a_reserved_word_used_bare_is_refused_and_its_alias_passes() {
 #[tokio::test]
 async fn transactions_within_dynamodbs_limits_pass_and_beyond_them_are_refused() {
     let world = World::new().await;
-    let twice = world
-        .ddb()
-        .transact_write_items()
-        .transact_items(put(&world, item("U#a", "A")))
-        .transact_items(update(
-            &world,
-            key("U#a", "A"),
-            "SET n = :n",
-            &[(":n", number(1))],
-        ))
-        .send()
-        .await;
+    let twice = transact(
+        &world,
+        vec![
+            put(&world, item("U#a", "A")),
+            update(&world, key("U#a", "A"), "SET n = :n", &[(":n", number(1))]),
+        ],
+    )
+    .await;
     assert_eq!(
         refusal(twice),
         validation("Transaction request cannot include multiple operations on one item")
     );
-    let too_many = world
-        .ddb()
-        .transact_write_items()
-        .set_transact_items(Some(
-            (0..101)
-                .map(|i| put(&world, item("U#a", &format!("S{i:03}"))))
-                .collect(),
-        ))
-        .send()
-        .await;
+    let too_many = transact(
+        &world,
+        (0..101)
+            .map(|i| put(&world, item("U#a", &format!("S{i:03}"))))
+            .collect(),
+    )
+    .await;
     assert_eq!(
         refusal(too_many),
         validation("1 validation error detected: Value at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to 100")
@@ -207,28 +209,20 @@ async fn transactions_within_dynamodbs_limits_pass_and_beyond_them_are_refused()
         item.insert("blob".into(), string("x".repeat(390 * 1024)));
         put(&world, item)
     };
-    let too_large = world
-        .ddb()
-        .transact_write_items()
-        .set_transact_items(Some((0..11).map(big).collect()))
-        .send()
-        .await;
+    let too_large = transact(&world, (0..11).map(big).collect()).await;
     assert_eq!(
         refusal(too_large),
         validation("Transaction request size exceeds the maximum of 4 MB")
     );
     assert!(world.keys().await.is_empty());
-    world
-        .ddb()
-        .transact_write_items()
-        .set_transact_items(Some(
-            (0..100)
-                .map(|i| put(&world, item("U#a", &format!("S{i:03}"))))
-                .collect(),
-        ))
-        .send()
-        .await
-        .expect("100 items on distinct keys pass");
+    transact(
+        &world,
+        (0..100)
+            .map(|i| put(&world, item("U#a", &format!("S{i:03}"))))
+            .collect(),
+    )
+    .await
+    .expect("100 items on distinct keys pass");
     assert_eq!(world.keys().await.len(), 100);
 }
 
