@@ -10,6 +10,8 @@
 //! - [`schedule`]: the EventBridge schedules;
 //! - [`invoke`]: the Lambda Invoke API of `cargo lambda watch`, through which all of them
 //!   deliver their events;
+//! - [`wiring`]: how the template's settings reach the processes: each function's
+//!   environment, the gateway's authorizer and CORS, the events that warm functions up;
 //! - [`stack`]: the orchestration of `local up`, one step per component (moto, the mock,
 //!   `cargo lambda watch`, the gateway, pollers, schedules, the state file);
 //! - [`demo`]: the demo user and the demo run, which `stack` calls and which needs nothing
@@ -31,6 +33,7 @@ pub mod schedule;
 pub mod stack;
 pub mod state;
 pub mod template;
+pub mod wiring;
 
 use std::path::{Path, PathBuf};
 
