@@ -235,7 +235,7 @@ struct Creation<'a> {
 
 impl Creation<'_> {
     /// Records the properties of `logical_id` that moto is not asked to play.
-    fn not_emulated(&mut self, logical_id: &str, props: &Value, ignored: [&str; 3]) {
+    fn not_emulated(&mut self, logical_id: &str, props: &Value, ignored: &[&str]) {
         for key in ignored {
             if props.get(key).is_some() {
                 self.created
@@ -265,7 +265,8 @@ impl Creation<'_> {
         self.not_emulated(
             &table.logical_id,
             props,
-            [
+            &[
+                "DeletionProtectionEnabled",
                 "PointInTimeRecoverySpecification",
                 "SSESpecification",
                 "StreamSpecification",
@@ -419,7 +420,7 @@ impl Creation<'_> {
         self.not_emulated(
             &id,
             props,
-            [
+            &[
                 "LifecycleConfiguration",
                 "CorsConfiguration",
                 "BucketEncryption",
