@@ -3,8 +3,9 @@
 SHELL := bash
 .PHONY: test lint fmt clippy validate build-lambda check-all demo token grant session dlq local-down smoke bench
 
-## Every test: unit, integration against a private moto server, contract checks.
-test:
+## Every test: unit, integration against a private moto server, contract checks; the shipped
+## bootstraps (build-lambda) first, for the tests that run the artifact itself.
+test: build-lambda
 	scripts/with-moto.sh cargo test --workspace --all-targets
 
 fmt:
@@ -21,9 +22,11 @@ validate:
 
 lint: fmt clippy validate
 
-## Release bootstraps for Lambda (x86_64 here; arm64 in the template by default).
+## Release bootstraps for Lambda, built as sam build builds them (cargo lambda build --release),
+## into target/lambda/<function>/bootstrap (x86_64 here; arm64 in the template by default).
+FUNCTIONS := enqueue api generator sweeper deadletter
 build-lambda:
-	@bin=$$(scripts/venv.sh); PATH=$$bin:$$PATH cargo lambda build --release --x86-64
+	@bin=$$(scripts/venv.sh); PATH=$$bin:$$PATH cargo lambda build --release --x86-64 $(addprefix -p ,$(FUNCTIONS))
 
 ## The whole pipeline locally: moto, the mock provider, every function under cargo lambda watch,
 ## the gateway, pollers and schedules of template.yaml, a demo run; Ctrl-C stops everything.

@@ -6,7 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 mkdir -p target/bench
 rm -f target/bench/pipeline.json
-cargo build --release -p enqueue -p api -p generator -p sweeper -p deadletter
+make build-lambda
 cargo build -p loadtest -p local-stack
 # In-process and moto benchmarks: the enqueue's AWS work, 4 images, the sweeper, cold starts.
 scripts/with-moto.sh cargo bench -p shared --bench pipeline 2>&1 | grep -v '"_aws"'

@@ -124,14 +124,14 @@ def main():
     if lam:
         w("## Cold start, bootstrap size, peak memory")
         w("")
-        w("Each release binary started as Lambda starts it, against a minimal Runtime API served by the benchmark, with moto and the mock behind it: process start to first response.")
+        w("The bootstraps that ship (`cargo lambda build --release`, what `sam build` runs, with `panic = \"unwind\"`), each started as Lambda starts it, against a minimal Runtime API served by the benchmark, with moto and the mock (at realistic output sizes) behind it: process start to first response.")
         w("")
         w("| function | bootstrap | cold start p50 (min-max) | peak RSS | event |")
         w("|---|---|---|---|---|")
         for r in lam:
             w(f"| {r['function']} | {r['bootstrap_bytes'] / 1e6:.1f} MB | {r['cold_start_ms_p50']} ms ({r['cold_start_ms_min']}-{r['cold_start_ms_max']}) | {r['peak_rss_kib'] / 1024:.1f} MB | {r['event']} |")
         w("")
-        w("Cold start includes loading the AWS config, building the clients and answering the first event (which opens the connections). For the generator that first event is a full batch, 40 provider calls and 40 S3 copies, so its figure is mostly the batch's work; its peak RSS is the memory under a full batch. Command: `cargo build --release --bins && scripts/with-moto.sh cargo bench -p shared --bench lambda`")
+        w("Cold start includes loading the AWS config, building the clients and answering the first event (which opens the connections). For the generator that first event is a full batch, 40 provider calls and 40 streamed copies of 10 MB each (400 MB), so its figure is mostly the batch's work (moto takes about 10 MB/s); its peak RSS is the memory under that batch, and the sweeper's under 16 video copies: copies stream, so memory does not grow with output size. Command: `make build-lambda && scripts/with-moto.sh cargo bench -p shared --bench lambda`")
         w("")
     load = None
     lpath = os.path.join(folder, "smoke.json")

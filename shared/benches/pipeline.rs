@@ -230,6 +230,8 @@ async fn sweep_mode(list_enabled: bool) -> Value {
             task_get: Latency::fixed(TASK_CALL_LATENCY_MS),
             ..Default::default()
         },
+        // The point is the status calls: the smallest videos, or moto would store 5 GB.
+        output_sizes: mock_provider::OutputSizes::minimal(),
         ..Knobs::default()
     })
     .await

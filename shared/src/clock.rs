@@ -2,7 +2,7 @@
 //! or seconds (lot expiry, DynamoDB TTL); fields and variables say which in their name
 //! (`_ms`, `_secs`), and the conversions between the two live here.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -47,6 +47,19 @@ pub fn parse_day(day: &str) -> Option<i64> {
     Some(secs_to_ms(date.midnight().assume_utc().unix_timestamp()))
 }
 
+/// The deadline of an invocation, as an [`Instant`], from the Lambda context's deadline: epoch
+/// milliseconds in AWS. `cargo lambda watch` sends the milliseconds left instead (a value no
+/// epoch time since 2001 can have), so such a value is read as a duration.
+pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
+    const EPOCH_MS_2001: u64 = 1_000_000_000_000;
+    let left = if deadline_ms < EPOCH_MS_2001 {
+        deadline_ms as i64
+    } else {
+        deadline_ms as i64 - now_ms()
+    };
+    Instant::now() + Duration::from_millis(left.max(0) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +70,22 @@ mod tests {
         assert_eq!(day_of(ms), "2026-11-22");
         assert_eq!(day_of(ms + 86_399_999), "2026-11-22");
         assert_eq!(day_of(ms + 86_400_000), "2026-11-23");
+    }
+
+    #[test]
+    fn deadlines_are_read_as_epoch_times_or_as_time_left() {
+        let in_aws = deadline_from_epoch_ms((now_ms() + 30_000) as u64);
+        let left = in_aws - Instant::now();
+        assert!(
+            left > Duration::from_secs(29) && left <= Duration::from_secs(30),
+            "{left:?}"
+        );
+        let local = deadline_from_epoch_ms(600_000) - Instant::now();
+        assert!(local > Duration::from_secs(599), "{local:?}");
+        assert!(
+            deadline_from_epoch_ms(1_700_000_000_000) <= Instant::now(),
+            "a past epoch time is due"
+        );
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct Generator {
     pub lease_ms: i64,
     /// Delay before the first status check of a new video task (ms).
     pub first_check_ms: i64,
+    /// A prompt whose session panics after its provider calls (`INJECT_PANIC_PROMPT`): fault
+    /// injection for the test that the shipped binary unwinds and fails only that record. Never
+    /// set in the template.
+    pub panic_prompt: Option<String>,
 }
 
 impl Generator {
@@ -55,7 +59,14 @@ impl Generator {
             image_concurrency: crate::config::env_number("IMAGE_CONCURRENCY", 8)?,
             lease_ms: crate::config::env_number("LEASE_MS", 90_000)?,
             first_check_ms: crate::config::env_number("FIRST_CHECK_MS", 15_000)?,
+            panic_prompt: std::env::var("INJECT_PANIC_PROMPT").ok(),
         })
+    }
+
+    fn panic_if_asked(&self, prompt: &str) {
+        if self.panic_prompt.as_deref() == Some(prompt) {
+            panic!("injected panic (INJECT_PANIC_PROMPT)");
+        }
     }
 
     fn ddb(&self) -> &aws_sdk_dynamodb::Client {
@@ -68,16 +79,25 @@ impl Generator {
 }
 
 /// Processes a batch; the records that must be redelivered are listed as item failures.
-pub async fn handle_batch(generator: Arc<Generator>, event: SqsEvent) -> SqsBatchResponse {
+/// `deadline` is the invocation's: work that could not finish before it is not started.
+pub async fn handle_batch(
+    generator: Arc<Generator>,
+    event: SqsEvent,
+    deadline: Instant,
+) -> SqsBatchResponse {
     run_batch(event, move |record| {
         let generator = generator.clone();
-        async move { process_record(&generator, &record).await }
+        async move { process_record(&generator, &record, deadline).await }
     })
     .await
 }
 
-/// Processes one record.
-pub async fn process_record(generator: &Generator, record: &SqsMessage) -> Outcome {
+/// Processes one record before `deadline`.
+pub async fn process_record(
+    generator: &Generator,
+    record: &SqsMessage,
+    deadline: Instant,
+) -> Outcome {
     let Some(message) = record
         .body
         .as_deref()
@@ -90,7 +110,7 @@ pub async fn process_record(generator: &Generator, record: &SqsMessage) -> Outco
     span.record("session", message.session_id.as_str());
     span.record("user", message.user_id.as_str());
     // A panic anywhere below fails this record only.
-    match std::panic::AssertUnwindSafe(process(generator, &message))
+    match std::panic::AssertUnwindSafe(process(generator, &message, deadline))
         .catch_unwind()
         .await
     {
@@ -100,7 +120,11 @@ pub async fn process_record(generator: &Generator, record: &SqsMessage) -> Outco
     }
 }
 
-async fn process(generator: &Generator, message: &GenerationMessage) -> Result<Outcome> {
+async fn process(
+    generator: &Generator,
+    message: &GenerationMessage,
+    deadline: Instant,
+) -> Result<Outcome> {
     let db_started = Instant::now();
     let claim = transitions::claim(
         generator.ddb(),
@@ -122,7 +146,7 @@ async fn process(generator: &Generator, message: &GenerationMessage) -> Result<O
     };
     match &session.request {
         GenerationRequest::Image(request) => {
-            run_images(generator, &session, request, &mut timing).await
+            run_images(generator, &session, request, deadline, &mut timing).await
         }
         GenerationRequest::Video(request) => run_video(generator, &session, request).await,
     }
@@ -148,10 +172,12 @@ async fn run_images(
     generator: &Generator,
     session: &Session,
     request: &ImageRequest,
+    deadline: Instant,
     timing: &mut Timing,
 ) -> Result<Outcome> {
     let provider_started = Instant::now();
     let answers = generate(generator, request).await;
+    generator.panic_if_asked(&request.prompt);
     timing.provider_ms = provider_started.elapsed().as_millis() as i64;
     let images = match answers {
         Answers::Final(images) => images,
@@ -167,6 +193,19 @@ async fn run_images(
     if delivered.is_empty() {
         return fail(generator, session, nothing_delivered(&images)).await;
     }
+    // The copies must end in time for the final transaction; with no time left the session
+    // goes back to the queue rather than being cut off half copied by the function's timeout.
+    let within = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(storage::SETTLE_MARGIN);
+    if within.is_zero() {
+        return hand_back(
+            generator,
+            session,
+            "no time left to copy the outputs".into(),
+        )
+        .await;
+    }
     let transfer_started = Instant::now();
     let copies = delivered.iter().enumerate().map(|(index, result)| {
         storage::copy_output(
@@ -175,6 +214,7 @@ async fn run_images(
             session,
             index as u32,
             result,
+            within,
         )
     });
     let outputs: std::result::Result<Vec<Output>, ProviderError> =

@@ -98,10 +98,14 @@ pub struct ProviderConfig {
     pub request_timeout: Duration,
     /// Timeout of connecting.
     pub connect_timeout: Duration,
+    /// Timeout of an output's whole download (its copy into S3 runs at the download's pace).
+    pub download_timeout: Duration,
 }
 
 impl ProviderConfig {
-    /// Reads `PROVIDER_BASE_URL` and the timeouts from the environment.
+    /// Reads `PROVIDER_BASE_URL` and the timeouts (`PROVIDER_TIMEOUT_MS` 45 000,
+    /// `PROVIDER_CONNECT_TIMEOUT_MS` 3 000, `PROVIDER_DOWNLOAD_TIMEOUT_MS` 30 000) from the
+    /// environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         let base_url = std::env::var("PROVIDER_BASE_URL")
             .ok()
@@ -123,6 +127,7 @@ impl ProviderConfig {
             base_url: base_url.trim_end_matches('/').to_owned(),
             request_timeout: millis("PROVIDER_TIMEOUT_MS", 45_000)?,
             connect_timeout: millis("PROVIDER_CONNECT_TIMEOUT_MS", 3_000)?,
+            download_timeout: millis("PROVIDER_DOWNLOAD_TIMEOUT_MS", 30_000)?,
         })
     }
 }
@@ -285,6 +290,23 @@ pub struct Client {
     http: reqwest::Client,
     base_url: String,
     api_key: String,
+    download_timeout: Duration,
+}
+
+/// An output whose body is still arriving: read it piece by piece, so no copy holds a whole
+/// file in memory.
+#[derive(Debug)]
+pub struct Download {
+    /// The length the server announced (`Content-Length`), if it did.
+    pub length: Option<u64>,
+    response: reqwest::Response,
+}
+
+impl Download {
+    /// The next piece of the body, as it arrives; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ProviderError> {
+        self.response.chunk().await.map_err(transport_error)
+    }
 }
 
 /// Most task ids one list call may carry.
@@ -310,6 +332,7 @@ impl Client {
             http,
             base_url: config.base_url.clone(),
             api_key,
+            download_timeout: config.download_timeout,
         }
     }
 
@@ -406,9 +429,17 @@ impl Client {
         .map(|_| ())
     }
 
-    /// Downloads an output; returns its bytes and content type.
-    pub async fn download(&self, url: &str) -> Result<(Vec<u8>, Option<String>), ProviderError> {
-        let response = self.http.get(url).send().await.map_err(transport_error)?;
+    /// Starts downloading an output: the answer's head has arrived, the body is still to be
+    /// read (a whole download, body included, gives up after `within` or the configured download
+    /// timeout, whichever comes first).
+    pub async fn download(&self, url: &str, within: Duration) -> Result<Download, ProviderError> {
+        let response = self
+            .http
+            .get(url)
+            .timeout(within.min(self.download_timeout))
+            .send()
+            .await
+            .map_err(transport_error)?;
         let status = response.status().as_u16();
         if !response.status().is_success() {
             return Err(ProviderError {
@@ -422,13 +453,10 @@ impl Client {
                 message: format!("output download answered {status}"),
             });
         }
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        Ok((bytes.to_vec(), content_type))
+        Ok(Download {
+            length: response.content_length(),
+            response,
+        })
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ProviderError> {

@@ -307,6 +307,10 @@ async fn check_renders(sweeper: &Sweeper, stop_at: Instant, report: &mut Report)
         .filter(|s| s.status == Status::Rendering && s.provider_task_id.is_some())
         .collect();
     let counters = Counters::default();
+    // Copies may run past `stop_at`, into the safety margin, but must leave time to settle.
+    let copy_until = (stop_at + sweeper.settings.safety_margin)
+        .checked_sub(storage::SETTLE_MARGIN)
+        .unwrap_or(stop_at);
     for chunk in due.chunks(provider::LIST_PAGE) {
         if Instant::now() >= stop_at {
             report.stopped_early = true;
@@ -324,7 +328,7 @@ async fn check_renders(sweeper: &Sweeper, stop_at: Instant, report: &mut Report)
                         return;
                     }
                     counters.checked.fetch_add(1, Ordering::Relaxed);
-                    match settle_render(sweeper, session, task, counters).await {
+                    match settle_render(sweeper, session, task, copy_until, counters).await {
                         Ok(Render::Completed) => Counters::count(&counters.completed),
                         Ok(Render::Failed) => Counters::count(&counters.failed),
                         Ok(Render::Rendering) => Counters::count(&counters.rendering),
@@ -423,10 +427,11 @@ async fn settle_render(
     sweeper: &Sweeper,
     session: &Session,
     task: &Task,
+    copy_until: Instant,
     counters: &Counters,
 ) -> Result<Render> {
     match task.state() {
-        TaskState::Succeeded => complete_render(sweeper, session, task).await,
+        TaskState::Succeeded => complete_render(sweeper, session, task, copy_until).await,
         TaskState::Ended => {
             let error = match &task.error {
                 Some(e) if provider::is_content_policy(&e.code) => SessionError {
@@ -448,9 +453,14 @@ async fn settle_render(
     }
 }
 
-/// Copies a finished video (and its last frame, when there is one) into S3, then completes
-/// the session and captures its credits.
-async fn complete_render(sweeper: &Sweeper, session: &Session, task: &Task) -> Result<Render> {
+/// Copies a finished video (and its last frame, when there is one) into S3 before
+/// `copy_until`, then completes the session and captures its credits.
+async fn complete_render(
+    sweeper: &Sweeper,
+    session: &Session,
+    task: &Task,
+    copy_until: Instant,
+) -> Result<Render> {
     let app = &sweeper.app;
     let content = task
         .content
@@ -459,15 +469,16 @@ async fn complete_render(sweeper: &Sweeper, session: &Session, task: &Task) -> R
     let video = content
         .video_url
         .ok_or_else(|| Fault::new("succeeded task without video"))?;
+    let copy_within = copy_until.saturating_duration_since(Instant::now());
     let started = Instant::now();
     let mut outputs: Vec<Output> =
         vec![
-            storage::copy_url(app, &sweeper.provider, session, 0, &video)
+            storage::copy_url(app, &sweeper.provider, session, 0, &video, copy_within)
                 .await
                 .context("copy the video")?,
         ];
     if let Some(frame) = content.last_frame_url {
-        match storage::copy_url(app, &sweeper.provider, session, 1, &frame).await {
+        match storage::copy_url(app, &sweeper.provider, session, 1, &frame, copy_within).await {
             Ok(output) => outputs.push(output),
             Err(e) => {
                 tracing::warn!(error = %e, "last frame unavailable; the video alone is delivered")
@@ -672,38 +683,4 @@ async fn expire_lots(sweeper: &Sweeper, stop_at: Instant, report: &mut Report) -
         }
     }
     Ok(())
-}
-
-/// The deadline of an invocation, as an [`Instant`], from the Lambda context's deadline: epoch
-/// milliseconds in AWS. `cargo lambda watch` sends the milliseconds left instead (a value no
-/// epoch time since 2001 can have), so such a value is read as a duration.
-pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
-    const EPOCH_MS_2001: u64 = 1_000_000_000_000;
-    let left = if deadline_ms < EPOCH_MS_2001 {
-        deadline_ms as i64
-    } else {
-        deadline_ms as i64 - clock::now_ms()
-    };
-    Instant::now() + Duration::from_millis(left.max(0) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_are_read_as_epoch_times_or_as_time_left() {
-        let in_aws = deadline_from_epoch_ms((clock::now_ms() + 30_000) as u64);
-        let left = in_aws - Instant::now();
-        assert!(
-            left > Duration::from_secs(29) && left <= Duration::from_secs(30),
-            "{left:?}"
-        );
-        let local = deadline_from_epoch_ms(600_000) - Instant::now();
-        assert!(local > Duration::from_secs(599), "{local:?}");
-        assert!(
-            deadline_from_epoch_ms(1_700_000_000_000) <= Instant::now(),
-            "a past epoch time is due"
-        );
-    }
 }

@@ -3,18 +3,43 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the JSON log subscriber (level from `RUST_LOG`, `info` by default). Safe to call
-/// more than once: later calls do nothing.
+/// Installs the log subscriber, as Lambda's log settings ask: the level from `RUST_LOG`, else
+/// `AWS_LAMBDA_LOG_LEVEL` (the function's `ApplicationLogLevel`), else `info`; JSON lines
+/// unless `AWS_LAMBDA_LOG_FORMAT` is `Text`. JSON lines list every open span, so each carries
+/// the `requestId` of lambda_runtime's invocation span as well as the record's own fields.
+/// Metric lines (EMF) are printed, not logged: no level filter drops them (Lambda files
+/// unleveled JSON under INFO, which the template never filters out). Safe to call more than
+/// once: later calls do nothing.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .map(|l| lambda_level(&l).to_owned())
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(false)
-        .flatten_event(true)
-        .try_init();
+        .with_target(false);
+    let _ = if std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"))
+    {
+        builder.with_ansi(false).try_init()
+    } else {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .try_init()
+    };
+}
+
+/// Lambda's level names (`TRACE` ... `FATAL`) as tracing's.
+fn lambda_level(level: &str) -> &'static str {
+    match level.to_ascii_uppercase().as_str() {
+        "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "WARN" => "warn",
+        "ERROR" | "FATAL" => "error",
+        _ => "info",
+    }
 }
 
 /// CloudWatch metrics in the embedded metric format (EMF): one JSON line on stdout per data
@@ -28,10 +53,20 @@ pub mod metrics {
     /// Namespace of every metric.
     pub const NAMESPACE: &str = "GenAI";
 
-    /// One EMF document: `dimensions` name the values that split the metrics.
+    /// The deployment the metrics belong to (`STAGE`, the stack's name in the template), the
+    /// first dimension of every metric, so two stacks in one account never mix their figures.
+    fn stage() -> &'static str {
+        static STAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        STAGE.get_or_init(|| std::env::var("STAGE").unwrap_or_else(|_| "local".into()))
+    }
+
+    /// One EMF document: `dimensions` (after `Stage`) name the values that split the metrics.
     pub fn emf(dimensions: &[(&str, &str)], metrics: &[(&str, &str, f64)]) -> Value {
+        let dimensions: Vec<(&str, &str)> = std::iter::once(("Stage", stage()))
+            .chain(dimensions.iter().copied())
+            .collect();
         let mut doc = Map::new();
-        for (name, value) in dimensions {
+        for (name, value) in &dimensions {
             doc.insert((*name).into(), json!(value));
         }
         for (name, _, value) in metrics {
@@ -56,8 +91,16 @@ pub mod metrics {
         println!("{}", emf(dimensions, metrics));
     }
 
-    /// A provider call and its latency.
+    /// A generator's provider call and its latency; a failure (other than a content-policy
+    /// refusal, which is the provider working) also counts as a `ProviderErrors` of the
+    /// generator, the metric its alarm watches.
     pub fn provider_call(operation: &str, latency: Duration, error: Option<&str>) {
+        if error.is_some_and(|code| !crate::provider::is_content_policy(code)) {
+            emit(
+                &[("Component", "generator")],
+                &[("ProviderErrors", "Count", 1.0)],
+            );
+        }
         emit(
             &[
                 ("Operation", operation),
@@ -108,14 +151,29 @@ pub mod metrics {
         #[test]
         fn emf_documents_declare_their_metrics_and_dimensions() {
             let doc = emf(&[("Outcome", "ok")], &[("ProviderCalls", "Count", 1.0)]);
-            assert_eq!(doc["Outcome"], "ok");
+            assert_eq!(
+                (&doc["Outcome"], &doc["Stage"]),
+                (&json!("ok"), &json!(stage()))
+            );
             assert_eq!(doc["ProviderCalls"], 1.0);
             let directive = &doc["_aws"]["CloudWatchMetrics"][0];
             assert_eq!(directive["Namespace"], NAMESPACE);
-            assert_eq!(directive["Dimensions"], json!([["Outcome"]]));
+            assert_eq!(directive["Dimensions"], json!([["Stage", "Outcome"]]));
             assert_eq!(
                 directive["Metrics"][0],
                 json!({"Name": "ProviderCalls", "Unit": "Count"})
+            );
+        }
+
+        #[test]
+        fn lambda_levels_map_to_tracing_levels() {
+            let mapped: Vec<&str> = ["TRACE", "debug", "INFO", "WARN", "ERROR", "FATAL", "?"]
+                .into_iter()
+                .map(super::super::lambda_level)
+                .collect();
+            assert_eq!(
+                mapped,
+                ["trace", "debug", "info", "warn", "error", "error", "info"]
             );
         }
     }

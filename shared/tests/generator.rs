@@ -221,11 +221,14 @@ async fn a_duplicate_delivery_makes_one_provider_call_set_and_one_capture() {
     let mut twin = event.records[0].clone();
     twin.message_id = Some("twin".into());
     event.records.push(twin);
-    let response = shared::generator::handle_batch(generator.clone(), event.clone()).await;
+    let response =
+        shared::generator::handle_batch(generator.clone(), event.clone(), testkit::long_deadline())
+            .await;
     assert!(response.batch_item_failures.len() <= 1);
     let mut again = event.clone();
     again.records.truncate(1);
-    let response = shared::generator::handle_batch(generator.clone(), again).await;
+    let response =
+        shared::generator::handle_batch(generator.clone(), again, testkit::long_deadline()).await;
     assert!(
         response.batch_item_failures.is_empty(),
         "a finished session is acknowledged"

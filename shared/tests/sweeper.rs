@@ -21,6 +21,15 @@ fn instant_renders() -> Knobs {
     }
 }
 
+/// For the runs of many tasks, which are about counts and deadlines: the smallest videos, so
+/// moto is not asked to store gigabytes (sizes are proven in `streaming.rs` and the benches).
+fn many_instant_renders() -> Knobs {
+    Knobs {
+        output_sizes: mock_provider::OutputSizes::minimal(),
+        ..instant_renders()
+    }
+}
+
 async fn enqueue(world: &World, sub: &str, route: &'static str, body: serde_json::Value) -> String {
     let event = Event::new(route, user(sub)).body(body.to_string());
     let (status, accepted) = parts(handle(&world.state, event.build()).await);
@@ -177,7 +186,7 @@ async fn force_due(world: &World, sub: &str, id: &str) {
 #[tokio::test]
 async fn a_thousand_due_tasks_settle_with_two_list_calls() {
     let world = World::new().await;
-    let mock = mock_provider::start(instant_renders()).await.unwrap();
+    let mock = mock_provider::start(many_instant_renders()).await.unwrap();
     let started = Instant::now();
     let sessions = rendering_sessions(&world, &mock, 1000, "many").await;
     eprintln!("setup of 1000 rendering sessions: {:?}", started.elapsed());
@@ -206,7 +215,7 @@ async fn a_thousand_due_tasks_settle_with_two_list_calls() {
 #[tokio::test]
 async fn without_the_list_endpoint_gets_stay_within_their_bound() {
     let world = World::new().await;
-    let mut knobs = instant_renders();
+    let mut knobs = many_instant_renders();
     knobs.list_enabled = false;
     knobs.latency.task_get = Latency::fixed(20);
     let mock = mock_provider::start(knobs).await.unwrap();
@@ -231,7 +240,7 @@ async fn without_the_list_endpoint_gets_stay_within_their_bound() {
 #[tokio::test]
 async fn a_short_deadline_stops_cleanly_and_the_next_run_finishes() {
     let world = World::new().await;
-    let mut knobs = instant_renders();
+    let mut knobs = many_instant_renders();
     knobs.list_enabled = false;
     knobs.latency.task_get = Latency::fixed(100);
     let mock = mock_provider::start(knobs).await.unwrap();

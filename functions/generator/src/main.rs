@@ -12,7 +12,8 @@ async fn main() -> Result<(), Error> {
     let generator = Arc::new(Generator::from_env().await?);
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let generator = generator.clone();
-        async move { Ok::<_, Error>(handle_batch(generator, event.payload).await) }
+        let deadline = shared::clock::deadline_from_epoch_ms(event.context.deadline);
+        async move { Ok::<_, Error>(handle_batch(generator, event.payload, deadline).await) }
     }))
     .await
 }

@@ -1,7 +1,8 @@
 //! The `sweeper` function: on a schedule, settles rendered videos and repairs stuck work.
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::sweeper::{deadline_from_epoch_ms, sweep, Sweeper};
+use shared::clock::deadline_from_epoch_ms;
+use shared::sweeper::{sweep, Sweeper};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

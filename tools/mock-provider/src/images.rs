@@ -2,7 +2,7 @@
 
 use crate::knobs::EndpointKind;
 use crate::util::now_unix;
-use crate::{png, Inner, Shared};
+use crate::{Inner, Shared};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -227,12 +227,12 @@ pub(crate) async fn generate(
         Ok(r) => r,
         Err(e) => return s.invalid_response(e),
     };
-    let (outcomes, request_id) = {
+    let (outcomes, request_id, sizes) = {
         let mut g = s.lock();
         let outcomes = decide(&mut g, &req, triggers.reject.unwrap_or(0));
-        (outcomes, g.next_request_id())
+        (outcomes, g.next_request_id(), g.knobs.output_sizes)
     };
-    let items = image_items(&s.public_base(), &req, &outcomes, &request_id);
+    let items = image_items(&s.public_base(), &req, &outcomes, &request_id, &sizes);
     let generated = items.iter().filter(|i| i.get("error").is_none()).count() as u64;
     let tokens = generated * u64::from(req.width) * u64::from(req.height) / 256;
     let usage = json!({
@@ -293,13 +293,14 @@ fn image_items(
     req: &ImageRequest,
     outcomes: &[Outcome],
     request_id: &str,
+    sizes: &crate::OutputSizes,
 ) -> Vec<Value> {
     let size = format!("{}x{}", req.width, req.height);
     outcomes
         .iter()
         .map(|o| match o {
             Outcome::Image { seed, .. } if req.b64 => {
-                let bytes = png::gradient_png(req.width / 16, req.height / 16, *seed);
+                let bytes = crate::image_file(sizes, req.width, req.height, *seed).to_vec();
                 json!({
                     "b64_json": base64::engine::general_purpose::STANDARD.encode(bytes),
                     "size": size,

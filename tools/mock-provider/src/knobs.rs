@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+use crate::outputs::OutputSizes;
+
 /// Error code used for `burst_429`.
 pub const BURST_429_CODE: &str = "RateLimitExceeded.EndpointRPMExceeded";
 
@@ -189,6 +191,8 @@ pub struct Knobs {
     pub running_ms: u64,
     /// How many recent request bodies are kept in the stats (per kind).
     pub history: usize,
+    /// Size of the served files (realistic by default; [`OutputSizes::minimal`] for none).
+    pub output_sizes: OutputSizes,
 }
 
 impl Default for Knobs {
@@ -207,6 +211,7 @@ impl Default for Knobs {
             queued_ms: 200,
             running_ms: 800,
             history: 50,
+            output_sizes: OutputSizes::default(),
         }
     }
 }

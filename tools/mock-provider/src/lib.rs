@@ -6,10 +6,11 @@
 //! through (key, JSON body, then for the generation endpoints the prompt's triggers and the
 //! planned faults); `images` (Seedream) and `tasks` (Seedance) own their endpoints and request
 //! validation, `knobs` the tunables and statistics (one [`PerKind`] record per endpoint kind),
-//! `png` the generated images, `util` time, triggers, query strings and error codes.
+//! `png` the generated images, `outputs` their realistic sizes, `util` time, triggers, query strings and error codes.
 
 mod images;
 pub mod knobs;
+pub mod outputs;
 pub mod png;
 mod tasks;
 mod util;
@@ -17,6 +18,8 @@ mod util;
 pub use knobs::{
     EndpointKind, Knobs, Latency, LatencyKnobs, PerKind, RequestCounts, Stats, BURST_429_CODE,
 };
+pub use outputs::OutputSizes;
+use outputs::PaddedPng;
 pub use tasks::{TaskImage, TaskOutcome, TaskRecord, TaskStatus};
 pub use util::status_for_code;
 
@@ -38,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use util::Triggers;
 
-/// The tiny real MP4 served for every `/files/<id>.mp4`.
+/// The tiny real MP4 inside every `/files/<id>.mp4` (padded to the knobs' size).
 pub const TINY_MP4: &[u8] = include_bytes!("../assets/tiny.mp4");
 
 /// Starts the mock on `listener` (spawned on the current tokio runtime).
@@ -565,7 +568,7 @@ async fn not_found(State(s): State<Arc<Shared>>) -> Response {
     )
 }
 
-/// Parses `...-WxH.png` into the nominal size; the served PNG is that divided by 16.
+/// Parses `...-WxH.png` into the nominal size and the seed of the picture.
 fn parse_png_name(name: &str) -> Option<(u32, u32, u64)> {
     let stem = name.strip_suffix(".png")?;
     let (prefix, dims) = stem.rsplit_once('-')?;
@@ -577,7 +580,14 @@ fn parse_png_name(name: &str) -> Option<(u32, u32, u64)> {
         .and_then(|p| p.strip_prefix('s'))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| png::fnv1a(stem));
-    Some(((w / 16).max(1), (h / 16).max(1), seed))
+    Some((w, h, seed))
+}
+
+/// An image of nominal `width`x`height`: a gradient a sixteenth of that size, padded to the
+/// size an image of that class has (see [`outputs`]).
+pub(crate) fn image_file(sizes: &OutputSizes, width: u32, height: u32, seed: u64) -> PaddedPng {
+    let picture = png::gradient_png((width / 16).max(1), (height / 16).max(1), seed);
+    PaddedPng::new(picture, sizes.image_bytes(width, height), seed)
 }
 
 async fn files(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
@@ -585,15 +595,18 @@ async fn files(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Respon
     if let Some(r) = s.simple_faults(EndpointKind::Files).await {
         return r;
     }
-    if name.ends_with(".mp4") {
-        return ([(header::CONTENT_TYPE, "video/mp4")], TINY_MP4).into_response();
+    let sizes = s.lock().knobs.output_sizes;
+    if let Some(id) = name.strip_suffix(".mp4") {
+        let seconds = s.lock().tasks.get(id).map_or(5, |t| u64::from(t.duration));
+        let (length, pieces) =
+            outputs::padded_mp4(TINY_MP4, sizes.video_per_second * seconds, png::fnv1a(id));
+        return outputs::file_response("video/mp4", length, pieces.into_iter(), &sizes);
     }
     match parse_png_name(&name) {
-        Some((w, h, seed)) => (
-            [(header::CONTENT_TYPE, "image/png")],
-            png::gradient_png(w, h, seed),
-        )
-            .into_response(),
+        Some((w, h, seed)) => {
+            let file = image_file(&sizes, w, h, seed);
+            outputs::file_response("image/png", file.length(), file.pieces(), &sizes)
+        }
         None => s.error(
             "ResourceNotFound",
             Some(format!("The file `{name}` is not found.")),

@@ -4,10 +4,12 @@
 //! - [`world`]: an isolated table, queues and bucket per test, created on moto from
 //!   template.yaml; SDK call counting; ledger assertions.
 //! - [`events`]: API Gateway payload-v2 events and their answers.
+//! - [`runtime`]: the shipped bootstraps run under a minimal Lambda Runtime API.
 //! - [`workers`]: the generator and sweeper wired to a mock provider, and deliveries as the
 //!   SQS event source mapping makes them.
 
 pub mod events;
+pub mod runtime;
 pub mod workers;
 pub mod world;
 

@@ -18,18 +18,28 @@ pub async fn generator_with_timeout(
     mock: &mock_provider::MockHandle,
     timeout: std::time::Duration,
 ) -> std::sync::Arc<shared::generator::Generator> {
+    std::sync::Arc::new(shared::generator::Generator {
+        app: world.state.clone(),
+        provider: provider_client(mock, timeout),
+        image_concurrency: 8,
+        lease_ms: 60_000,
+        first_check_ms: 0,
+        panic_prompt: None,
+    })
+}
+
+/// A provider client of the mock whose calls give up after `timeout` (downloads after 30 s).
+pub fn provider_client(
+    mock: &mock_provider::MockHandle,
+    timeout: std::time::Duration,
+) -> shared::provider::Client {
     let config = shared::provider::ProviderConfig {
         base_url: mock.api_base(),
         request_timeout: timeout,
         connect_timeout: std::time::Duration::from_secs(2),
+        download_timeout: std::time::Duration::from_secs(30),
     };
-    std::sync::Arc::new(shared::generator::Generator {
-        app: world.state.clone(),
-        provider: shared::provider::Client::new(&config, mock.api_key()),
-        image_concurrency: 8,
-        lease_ms: 60_000,
-        first_check_ms: 0,
-    })
+    shared::provider::Client::new(&config, mock.api_key())
 }
 
 /// Receives up to ten messages from a queue as an SQS Lambda event (without deleting them).
@@ -75,7 +85,7 @@ pub async fn deliver_once(
         .map(|r| r.message_id.clone().unwrap())
         .collect();
     let count = ids.len();
-    let response = shared::generator::handle_batch(generator.clone(), event).await;
+    let response = shared::generator::handle_batch(generator.clone(), event, long_deadline()).await;
     let failed: Vec<String> = response
         .batch_item_failures
         .iter()
@@ -129,14 +139,9 @@ pub fn sweeper_for(
     mock: &mock_provider::MockHandle,
     settings: shared::sweeper::Settings,
 ) -> shared::sweeper::Sweeper {
-    let config = shared::provider::ProviderConfig {
-        base_url: mock.api_base(),
-        request_timeout: std::time::Duration::from_secs(10),
-        connect_timeout: std::time::Duration::from_secs(2),
-    };
     shared::sweeper::Sweeper {
         app: world.state.clone(),
-        provider: shared::provider::Client::new(&config, mock.api_key()),
+        provider: provider_client(mock, std::time::Duration::from_secs(10)),
         settings,
     }
 }
