@@ -24,7 +24,7 @@ lint: fmt clippy validate
 
 ## Release bootstraps for Lambda, built as sam build builds them (cargo lambda build --release),
 ## into target/lambda/<function>/bootstrap (x86_64 here; arm64 in the template by default).
-FUNCTIONS := enqueue api generator sweeper deadletter
+FUNCTIONS := enqueue api admin generator sweeper deadletter
 build-lambda:
 	@bin=$$(scripts/venv.sh); PATH=$$bin:$$PATH cargo lambda build --release --x86-64 $(addprefix -p ,$(FUNCTIONS))
 

@@ -20,6 +20,9 @@ Faults (the error types and status codes DynamoDB documents for them):
 - internal: 500 InternalServerError
 - lost_response: the request is applied by moto, then the client gets a 500: the write
   committed but the caller cannot know it (as a timeout after commit looks to a client).
+- stall: the request is applied by moto and its real answer held back for `stall_ms` (rule
+  field, default 6000: longer than the SDK clients' 5 s operation timeout), as a congested
+  network or endpoint would: the caller times out on a write that committed.
 
 The SDK retries throttling, 500s and (for transactions) conflicts by itself, up to its attempt
 limit, so a test that wants its code to see the fault arms at least that many.
@@ -44,6 +47,7 @@ FAULTS = {
     ),
     "internal": (500, "InternalServerError", "Internal server error"),
     "lost_response": (500, "InternalServerError", "Internal server error"),
+    "stall": (200, None, None),
 }
 
 _rules = []
@@ -62,6 +66,7 @@ def arm(rule):
         "fault": rule["fault"],
         "skip": int(rule.get("skip", 0)),
         "count": int(rule.get("count", 1)),
+        "stall_ms": int(rule.get("stall_ms", 6000)),
         "seen": 0,
         "injected": 0,
     }
@@ -94,7 +99,7 @@ def tables_of(body):
 
 
 def take(operation, body):
-    """The fault to inject into this call, if an armed rule matches it (counting the call)."""
+    """The rule to inject into this call, if an armed one matches it (counting the call)."""
     tables = tables_of(body)
     with _lock:
         for rule in _rules:
@@ -103,7 +108,7 @@ def take(operation, body):
             rule["seen"] += 1
             if rule["seen"] > rule["skip"] and rule["injected"] < rule["count"]:
                 rule["injected"] += 1
-                return rule["fault"]
+                return dict(rule)
     return None
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 from werkzeug.serving import make_server
 
@@ -171,6 +172,7 @@ def strict_serialized_dynamodb(app):
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(raw)
+        stall_ms = 0
         with lock:
             try:
                 body = json.loads(raw or b"{}")
@@ -179,13 +181,18 @@ def strict_serialized_dynamodb(app):
                 return validation_error(start_response, str(e))
             except ValueError:
                 body = {}  # not JSON: moto answers as DynamoDB would
-            fault = dynamodb_faults.take(target.split(".", 1)[-1], body)
-            if fault:
+            rule = dynamodb_faults.take(target.split(".", 1)[-1], body)
+            if rule and rule["fault"] == "stall":
+                stall_ms = rule["stall_ms"]
+            elif rule:
                 # A lost response's write is applied; moto's own answer is thrown away.
                 apply = lambda: list(app(environ, lambda *_: None))  # noqa: E731
-                return inject(fault, body, start_response, apply)
+                return inject(rule["fault"], body, start_response, apply)
             # Consume the whole response inside the lock: the work happens lazily.
-            return list(app(environ, start_response))
+            answer = list(app(environ, start_response))
+        # A stalled answer is held outside the lock: other requests go on meanwhile.
+        time.sleep(stall_ms / 1000)
+        return answer
 
     return wrapped
 

@@ -35,7 +35,14 @@ async fn main() {
     let generator = testkit::generator_for(&world, &mock).await;
 
     let mut rows = Vec::new();
-    for function in ["enqueue", "api", "generator", "sweeper", "deadletter"] {
+    for function in [
+        "enqueue",
+        "api",
+        "admin",
+        "generator",
+        "sweeper",
+        "deadletter",
+    ] {
         let binary = bootstrap(function);
         let size = std::fs::metadata(&binary).unwrap().len();
         let mut cold = Vec::new();
@@ -45,6 +52,7 @@ async fn main() {
             let event = match function {
                 "enqueue" => event_file("enqueue-image.json"),
                 "api" => event_file("api-balance.json"),
+                "admin" => event_file("admin-dlq-list.json"),
                 "generator" => full_batch(&world).await,
                 "sweeper" => {
                     videos_due(&world, &generator, 16).await;
@@ -69,7 +77,7 @@ async fn main() {
             "cold_start_ms_max": (cold[cold.len() - 1] * 10.0).round() / 10.0,
             "peak_rss_kib": peak,
             "runs": RUNS,
-            "event": match function { "generator" => "full batch: 10 sessions x 4 images at 4K (10 MB each)", "enqueue" => "POST image generation", "api" => "GET balance", "sweeper" => "scheduled run copying 16 finished 5 s videos (5 MB each) and their last frames", _ => "one dead letter" },
+            "event": match function { "generator" => "full batch: 10 sessions x 4 images at 4K (10 MB each)", "enqueue" => "POST image generation", "api" => "GET balance", "admin" => "GET dead letters", "sweeper" => "scheduled run copying 16 finished 5 s videos (5 MB each) and their last frames", _ => "one dead letter" },
         }));
     }
     testkit::record_bench_results(serde_json::Map::from_iter([(

@@ -17,7 +17,7 @@
 //!   is a named transition in [`sessions::transitions`]).
 //! - Orchestration, which only calls the item modules: [`batch`] (the SQS batch runner),
 //!   [`generator`], [`sweeper`], [`deadletter`].
-//! - [`routes`]: the HTTP handlers of the `enqueue` and `api` functions.
+//! - [`routes`]: the HTTP handlers of the `enqueue`, `api` and `admin` functions.
 //!
 //! Why this shape: every status change and every balance change has exactly one home, so a
 //! rule about it (a condition, a limit, a crash repair) is written once; `fault` is separate

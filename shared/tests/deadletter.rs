@@ -3,12 +3,12 @@
 
 use mock_provider::Knobs;
 use serde_json::{json, Value};
-use shared::routes::{api, enqueue};
+use shared::routes::enqueue;
 use shared::sessions::{self, Status};
-use testkit::{admin, deliver_once, generator_for, parts, user, Event, World};
+use testkit::{admin, deliver_once, generator_for, parts, serve, user, Event, World};
 
 async fn admin_call(world: &World, event: Event) -> (u16, Value) {
-    parts(api::handle(&world.state, event.build()).await)
+    serve(&world.state, event).await
 }
 
 /// Sends a poisoned request through every delivery into the DLQ and the deadletter function.

@@ -114,3 +114,37 @@ async fn a_lost_response_commits_the_write_the_caller_thinks_failed() {
     assert_eq!(world.keys().await, vec![("U#a".into(), "A".into())]);
     assert_eq!(world.injected().await, 1);
 }
+
+#[tokio::test]
+async fn a_stalled_answer_ends_the_call_with_a_timeout_and_no_blind_resend() {
+    let world = World::new().await;
+    world.inject("UpdateItem", Fault::Stall, 0, 3).await;
+    let answer = world
+        .ddb()
+        .update_item()
+        .table_name(world.table())
+        .set_key(Some(key("U#a", "A")))
+        .update_expression("ADD writes :one")
+        .expression_attribute_values(":one", shared::table::number(1))
+        .send()
+        .await;
+    // The operation timeout (shared::aws) ended the call: without it the SDK would wait as long
+    // as the endpoint does.
+    assert!(
+        matches!(answer, Err(SdkError::TimeoutError(_))),
+        "{answer:?}"
+    );
+    // The write committed unseen, once: the SDK did not re-send it after the timeout.
+    assert_eq!(world.injected().await, 1, "one attempt reached DynamoDB");
+    let item = world
+        .ddb()
+        .get_item()
+        .table_name(world.table())
+        .set_key(Some(key("U#a", "A")))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the stalled write committed");
+    assert_eq!(item["writes"].as_n().map(String::as_str), Ok("1"));
+}

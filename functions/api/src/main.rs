@@ -1,4 +1,4 @@
-//! The `api` function: sessions, credits, usage and admin routes.
+//! The `api` function: the user's sessions, balance, ledger and usage; health.
 
 use lambda_http::{run, service_fn, Error, Request};
 use shared::{routes, telemetry, AppState};

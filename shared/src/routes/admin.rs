@@ -1,5 +1,6 @@
-//! Every admin route (the `admin` group only): credit grants, and the dead letters: list
-//! (newest first), retry, delete, purge.
+//! Every admin route (the `admin` group only), the `admin` function: credit grants, and the
+//! dead letters: list (newest first), retry, delete, purge. A function of its own so that the
+//! user-facing api function holds no right to delete items or re-queue work.
 
 use aws_sdk_dynamodb::types::{DeleteRequest, TransactWriteItem, Update, WriteRequest};
 use lambda_http::{Body, Request, Response};
@@ -16,7 +17,7 @@ use crate::sessions::{self, Session, Status};
 use crate::table::{self, keys, number, page, string, Item};
 use crate::{clock, AppState};
 
-/// The admin routes (API Gateway route keys), served by the api function.
+/// The routes the admin function serves (API Gateway route keys).
 pub const ROUTES: [&str; 5] = [
     "POST /api/admin/credits/grant",
     "GET /api/admin/dlq/messages",
@@ -25,19 +26,26 @@ pub const ROUTES: [&str; 5] = [
     "POST /api/admin/dlq/purge",
 ];
 
-/// Dispatches an admin route.
-pub async fn dispatch(
-    state: &AppState,
-    identity: &Identity,
-    route: &str,
-    request: &Request,
-) -> Result<Response<Body>> {
+/// Handles one request to the admin function.
+pub async fn handle(state: &AppState, request: Request) -> Response<Body> {
+    let route = super::route_key(&request);
+    super::respond(
+        super::request_id(&request),
+        &route,
+        dispatch(state, &route, &request),
+    )
+    .await
+}
+
+async fn dispatch(state: &AppState, route: &str, request: &Request) -> Result<Response<Body>> {
+    let identity = Identity::from_request(request)?;
+    tracing::Span::current().record("user", identity.user_id.as_str());
     identity.require_admin()?;
     let id = super::path_param(request, "id").unwrap_or_default();
     match route {
-        "POST /api/admin/credits/grant" => grant(state, identity, request).await,
+        "POST /api/admin/credits/grant" => grant(state, &identity, request).await,
         "GET /api/admin/dlq/messages" => list(state, request).await,
-        "POST /api/admin/dlq/messages/{id}/retry" => retry(state, identity, &id).await,
+        "POST /api/admin/dlq/messages/{id}/retry" => retry(state, &identity, &id).await,
         "DELETE /api/admin/dlq/messages/{id}" => delete(state, &id).await,
         "POST /api/admin/dlq/purge" => purge(state).await,
         _ => Err(ApiError::NotFound("route")),

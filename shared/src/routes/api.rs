@@ -1,5 +1,6 @@
-//! The user's read routes (sessions, balance, ledger, usage summary) and health; the admin
-//! routes, served by the same function, are [`super::admin`]'s.
+//! The user's read routes (sessions, balance, ledger, usage summary) and health: the `api`
+//! function. It reads, and writes only what a read settles (a balance read expires due lots);
+//! the admin routes, which delete and re-queue, are another function's ([`super::admin`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -13,8 +14,7 @@ use crate::sessions::{self, Session};
 use crate::table::keys;
 use crate::{clock, AppState};
 
-/// The user routes this function serves (API Gateway route keys); it serves
-/// [`super::admin::ROUTES`] too.
+/// The routes the api function serves (API Gateway route keys).
 pub const ROUTES: [&str; 6] = [
     "GET /health",
     "GET /api/sessions/{id}",
@@ -47,9 +47,6 @@ async fn dispatch(state: &AppState, route: &str, request: &Request) -> Result<Re
         "GET /api/credits/balance" => balance(state, &identity).await,
         "GET /api/credits/transactions" => transactions(state, &identity, request).await,
         "GET /api/credits/usage/summary" => usage_summary(state, &identity, request).await,
-        route if super::admin::ROUTES.contains(&route) => {
-            super::admin::dispatch(state, &identity, route, request).await
-        }
         _ => Err(ApiError::NotFound("route")),
     }
 }

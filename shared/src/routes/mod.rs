@@ -3,8 +3,8 @@
 //! contract's JSON error body.
 //!
 //! - [`enqueue`]: the generate routes (the `enqueue` function).
-//! - [`api`]: the user's reads and health (the `api` function), which also dispatches
-//! - [`admin`]: every admin route: grants and dead letters.
+//! - [`api`]: the user's reads and health (the `api` function).
+//! - [`admin`]: every admin route: grants and dead letters (the `admin` function).
 //!
 //! The request helpers every handler shares (route key, body, query and path parameters,
 //! `Idempotency-Key`, page requests) live here.

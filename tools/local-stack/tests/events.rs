@@ -135,6 +135,7 @@ impl World {
         let (binary, request) = self.event(method, path, body, token);
         let response = match binary.as_str() {
             "api" => shared::routes::api::handle(&self.state, request).await,
+            "admin" => shared::routes::admin::handle(&self.state, request).await,
             "enqueue" => shared::routes::enqueue::handle(&self.state, request).await,
             other => panic!("no in-process handler for function {other}"),
         };

@@ -94,6 +94,22 @@ impl Event {
     }
 }
 
+/// The answer of the function that serves the event's route (as API Gateway would pick it),
+/// as status and JSON body.
+pub async fn serve(state: &shared::AppState, event: Event) -> (u16, Value) {
+    use shared::routes::{admin, api, enqueue};
+    let route = event.route;
+    let request = event.build();
+    let response = if enqueue::ROUTES.contains(&route) {
+        enqueue::handle(state, request).await
+    } else if admin::ROUTES.contains(&route) {
+        admin::handle(state, request).await
+    } else {
+        api::handle(state, request).await
+    };
+    parts(response)
+}
+
 /// Status and JSON body of a response.
 pub fn parts(response: Response<Body>) -> (u16, Value) {
     let status = response.status().as_u16();

@@ -108,12 +108,12 @@ impl World {
         let plain = Clients::from_sdk_config(&sdk);
         let clients = Clients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(&sdk)
+                shared::aws::dynamodb_config(&sdk)
                     .interceptor(calls.clone())
                     .build(),
             ),
             sqs: aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::config::Builder::from(&sdk)
+                shared::aws::sqs_config(&sdk)
                     .interceptor(calls.clone())
                     .build(),
             ),
@@ -284,6 +284,8 @@ pub enum Fault {
     Internal,
     /// The request is applied, then answered with a 500.
     LostResponse,
+    /// The request is applied and its answer held back past the SDK's operation timeout.
+    Stall,
 }
 
 impl Fault {
@@ -295,6 +297,7 @@ impl Fault {
             Self::InProgress => "in_progress",
             Self::Internal => "internal",
             Self::LostResponse => "lost_response",
+            Self::Stall => "stall",
         }
     }
 }
