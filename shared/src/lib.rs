@@ -14,7 +14,8 @@
 //!   attribute values, transactions, key layout, cursors).
 //! - Items, each written only by its own module: [`ledger`] (accounts, lots, holds and the
 //!   entries that record every change), [`sessions`] (generation sessions; every status change
-//!   is a named transition in [`sessions::transitions`]).
+//!   is a named transition in [`sessions::transitions`]), [`idempotency`] (the first answer to
+//!   a request that carried an `Idempotency-Key`).
 //! - Orchestration, which only calls the item modules: [`batch`] (the SQS batch runner),
 //!   [`generator`], [`sweeper`], [`deadletter`].
 //! - [`routes`]: the HTTP handlers of the `enqueue`, `api` and `admin` functions.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod fault;
 pub mod generation;
 pub mod generator;
+pub mod idempotency;
 pub mod ledger;
 pub mod pricing;
 pub mod provider;

@@ -228,6 +228,90 @@ async fn only_admins_grant_and_a_replayed_grant_grants_once() {
     assert_eq!(world.count("x", "").await, 0);
 }
 
+fn grant_event(body: &Value, key: &str) -> Event {
+    Event::new("POST /api/admin/credits/grant", admin("root"))
+        .body(body.to_string())
+        .header("idempotency-key", key)
+}
+
+#[tokio::test]
+async fn a_replayed_grant_grants_nothing_even_after_its_lot_is_gone() {
+    let world = World::new().await;
+    let expires_at = shared::clock::now_secs() + 2;
+    let body = json!({"user_id": "late", "amount": 3, "source": "promo", "expires_at": expires_at});
+    let (status, first) = call(&world, grant_event(&body, "promo-late")).await;
+    assert_eq!(status, 201, "{first}");
+    // The lot expires and leaves the account (a balance read settles the expiry).
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let (status, balance) =
+        call(&world, Event::new("GET /api/credits/balance", user("late"))).await;
+    assert_eq!(
+        (status, balance["available"].as_i64()),
+        (200, Some(0)),
+        "{balance}"
+    );
+    assert!(
+        world.account("late").await.lots.is_empty(),
+        "the lot is gone"
+    );
+
+    let request = grant_event(&body, "promo-late").build();
+    let response = shared::routes::admin::handle(&world.state, request).await;
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    let (status, again) = parts(response);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["lot_id"], first["lot_id"]);
+    assert_eq!(again["available"], 0, "the replay granted nothing");
+    let account = world.assert_conserved("late").await;
+    assert_eq!((account.granted, account.available), (3, 0));
+    assert_eq!(
+        world.count("late", "LEDGER#").await,
+        2,
+        "one grant, one expiry"
+    );
+}
+
+#[tokio::test]
+async fn a_grant_key_reused_for_another_grant_is_refused_and_writes_nothing() {
+    let world = World::new().await;
+    let body = json!({"user_id": "first", "amount": 30, "source": "promo"});
+    let (status, _) = call(&world, grant_event(&body, "promo-2")).await;
+    assert_eq!(status, 201);
+    let before = world.keys().await;
+    for other in [
+        json!({"user_id": "second", "amount": 30, "source": "promo"}),
+        json!({"user_id": "first", "amount": 31, "source": "promo"}),
+        json!({"user_id": "first", "amount": 30, "source": "other"}),
+    ] {
+        let (status, answer) = call(&world, grant_event(&other, "promo-2")).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (422, Some("idempotency_key_reused")),
+            "{other}"
+        );
+        validate(&answer, "Error");
+    }
+    assert_eq!(world.keys().await, before, "refused grants write nothing");
+    assert_eq!(world.assert_conserved("first").await.available, 30);
+}
+
+#[tokio::test]
+async fn concurrent_grants_with_one_key_grant_once() {
+    let world = World::new().await;
+    let body = json!({"user_id": "racer", "amount": 7, "source": "promo"});
+    let answers =
+        futures::future::join_all((0..4).map(|_| call(&world, grant_event(&body, "promo-race"))))
+            .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 200, 201], "{answers:?}");
+    let lots: std::collections::HashSet<&Value> =
+        answers.iter().map(|(_, a)| &a["lot_id"]).collect();
+    assert_eq!(lots.len(), 1, "every answer names the one lot");
+    let account = world.assert_conserved("racer").await;
+    assert_eq!((account.granted, account.lots.len()), (7, 1));
+}
+
 #[tokio::test]
 async fn health_needs_no_identity_and_other_routes_do() {
     let world = World::new().await;
@@ -336,6 +420,47 @@ fn openapi_template_and_handlers_declare_the_same_routes() {
         handled,
         "template.yaml and the handlers disagree"
     );
+}
+
+/// The IAM actions a function's inline policies allow.
+fn allowed_actions(template: &serde_yaml::Value, function: &str) -> Vec<String> {
+    let policies = template["Resources"][function]["Properties"]["Policies"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{function} has inline policies"));
+    let mut actions = Vec::new();
+    for statement in policies
+        .iter()
+        .flat_map(|p| p["Statement"].as_sequence().cloned().unwrap_or_default())
+    {
+        match &statement["Action"] {
+            serde_yaml::Value::String(one) => actions.push(one.clone()),
+            serde_yaml::Value::Sequence(many) => {
+                actions.extend(many.iter().filter_map(|a| a.as_str().map(str::to_owned)))
+            }
+            other => panic!("{function}: unexpected Action {other:?}"),
+        }
+    }
+    actions
+}
+
+#[test]
+fn only_the_admin_function_may_delete_items_and_the_api_function_cannot_requeue() {
+    let template = load_yaml("template.yaml");
+    let destructive = ["dynamodb:DeleteItem", "dynamodb:BatchWriteItem"];
+    let admin = allowed_actions(&template, "AdminFunction");
+    assert!(
+        destructive.iter().all(|a| admin.contains(&a.to_string())),
+        "{admin:?}"
+    );
+    for function in ["ApiFunction", "EnqueueFunction"] {
+        let actions = allowed_actions(&template, function);
+        assert!(
+            !actions.iter().any(|a| destructive.contains(&a.as_str())),
+            "{function}: {actions:?}"
+        );
+    }
+    let api = allowed_actions(&template, "ApiFunction");
+    assert!(!api.iter().any(|a| a.starts_with("sqs:")), "{api:?}");
 }
 
 /// Checks `value` against the named schema: types, required properties, no undeclared

@@ -239,10 +239,10 @@ async fn a_repeated_grant_of_the_same_lot_grants_once() {
         expires_at_secs: None,
         source: "purchase",
     };
-    let first = ledger::grant(world.ddb(), world.table(), &grant)
+    let first = ledger::grant(world.ddb(), world.table(), &grant, vec![])
         .await
         .unwrap();
-    let again = ledger::grant(world.ddb(), world.table(), &grant)
+    let again = ledger::grant(world.ddb(), world.table(), &grant, vec![])
         .await
         .unwrap();
     assert!(first.created && !again.created);

@@ -34,12 +34,30 @@ pub struct Granted {
     pub created: bool,
 }
 
-/// Adds a lot to a user's account, creating the account if needed.
+/// Why a grant did not happen.
+#[derive(Debug)]
+pub enum GrantError {
+    /// One of the caller's own items failed its condition (an idempotency record already
+    /// there): nothing was granted; carries the item as it was, when DynamoDB returned it.
+    ItemConflict(Option<Item>),
+    /// Our own failure.
+    Failed(Fault),
+}
+
+impl From<Fault> for GrantError {
+    fn from(e: Fault) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Adds a lot to a user's account, creating the account if needed, atomically with the
+/// caller's `items` (an idempotency record).
 pub async fn grant(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     grant: &Grant<'_>,
-) -> Result<Granted> {
+    items: Vec<TransactWriteItem>,
+) -> std::result::Result<Granted, GrantError> {
     for attempt in 1..=MAX_ATTEMPTS {
         let account = get_account(ddb, table, grant.user_id).await?;
         if let Some(existing) = account
@@ -66,23 +84,30 @@ pub async fn grant(
                 existing.available + grant.amount,
             ),
         };
-        match table::transact(
-            ddb,
-            vec![write, grant_entry(grant).put(table, grant.user_id)?],
-        )
-        .await
-        {
+        let mut writes = vec![write, grant_entry(grant).put(table, grant.user_id)?];
+        let own_items = writes.len();
+        writes.extend(items.iter().cloned());
+        match table::transact(ddb, writes).await {
             Ok(()) => {
                 return Ok(Granted {
                     available,
                     created: true,
                 })
             }
-            Err(TxFailure::Cancelled(_)) => table::backoff(attempt).await,
-            Err(TxFailure::Other(e)) => return Err(e),
+            Err(TxFailure::Cancelled(reasons)) => {
+                if let Some(reason) = reasons
+                    .iter()
+                    .skip(own_items)
+                    .find(|r| table::is_condition_failure(r))
+                {
+                    return Err(GrantError::ItemConflict(reason.item().cloned()));
+                }
+                table::backoff(attempt).await
+            }
+            Err(TxFailure::Other(e)) => return Err(e.into()),
         }
     }
-    Err(Fault::new("grant gave up after repeated conflicts"))
+    Err(Fault::new("grant gave up after repeated conflicts").into())
 }
 
 /// The put of a first account holding only `lot` (refused if an account appeared meanwhile).

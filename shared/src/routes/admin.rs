@@ -10,16 +10,20 @@ use serde_json::json;
 use crate::auth::{self, Identity};
 use crate::deadletter::{self, DeadLetter, DLQ_PK, DLQ_PREFIX};
 use crate::error::{json_body, json_response, ApiError, Result};
-use crate::ledger::{self, Grant, Reservation, ReserveError};
+use crate::idempotency::{Claim, Prior};
+use crate::ledger::{self, Grant, GrantError, Reservation, ReserveError};
 use crate::queue::{self, GenerationMessage};
 use crate::sessions::transitions::{self, DEAD_LETTERED};
 use crate::sessions::{self, Session, Status};
 use crate::table::{self, keys, number, page, string, Item};
 use crate::{clock, AppState};
 
+/// Route key of a grant.
+pub const GRANT_ROUTE: &str = "POST /api/admin/credits/grant";
+
 /// The routes the admin function serves (API Gateway route keys).
 pub const ROUTES: [&str; 5] = [
-    "POST /api/admin/credits/grant",
+    GRANT_ROUTE,
     "GET /api/admin/dlq/messages",
     "POST /api/admin/dlq/messages/{id}/retry",
     "DELETE /api/admin/dlq/messages/{id}",
@@ -43,7 +47,7 @@ async fn dispatch(state: &AppState, route: &str, request: &Request) -> Result<Re
     identity.require_admin()?;
     let id = super::path_param(request, "id").unwrap_or_default();
     match route {
-        "POST /api/admin/credits/grant" => grant(state, &identity, request).await,
+        GRANT_ROUTE => grant(state, &identity, request).await,
         "GET /api/admin/dlq/messages" => list(state, request).await,
         "POST /api/admin/dlq/messages/{id}/retry" => retry(state, &identity, &id).await,
         "DELETE /api/admin/dlq/messages/{id}" => delete(state, &id).await,
@@ -80,16 +84,21 @@ impl GrantBody {
                 format!("amount must be 1..{MAX_GRANT}"),
             ));
         }
-        if self.expires_at.is_some_and(|t| t <= clock::now_secs()) {
-            return Err(ApiError::invalid(
-                "invalid_expiry",
-                "expires_at must be in the future",
-            ));
-        }
         if self.source.trim().is_empty() || self.source.len() > 64 {
             return Err(ApiError::invalid(
                 "invalid_field",
                 "source must be 1-64 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The one rule that depends on when the request arrives.
+    fn expiry_is_ahead(&self) -> Result<()> {
+        if self.expires_at.is_some_and(|t| t <= clock::now_secs()) {
+            return Err(ApiError::invalid(
+                "invalid_expiry",
+                "expires_at must be in the future",
             ));
         }
         Ok(())
@@ -99,36 +108,92 @@ impl GrantBody {
 async fn grant(state: &AppState, identity: &Identity, request: &Request) -> Result<Response<Body>> {
     let body: GrantBody = json_body(super::body_bytes(request))?;
     body.validate()?;
-    // With an Idempotency-Key the lot id derives from it, so a replay grants nothing new.
-    let lot_id = match super::idempotency_key(request)? {
-        Some(key) => {
-            keys::idempotency_sk("grant", &key)[keys::IDEMPOTENCY_PREFIX.len()..][..26].to_owned()
-        }
-        None => keys::new_id(),
+    let source = body.source.trim();
+    // With an Idempotency-Key (the admin's own, like any client's), the grant and its record
+    // commit together: a retry, however late, grants nothing and gets the first answer.
+    let claim = super::idempotency_key(request)?.map(|key| {
+        let canonical = json!({"route": GRANT_ROUTE, "user_id": body.user_id,
+            "amount": body.amount, "expires_at": body.expires_at, "source": source});
+        Claim::new(&identity.user_id, GRANT_ROUTE, &key, &canonical)
+    });
+    let ddb = &state.aws.dynamodb;
+    let table = &state.config.table;
+    if let Err(expired) = body.expiry_is_ahead() {
+        // A late retry of a grant whose expiry has passed since is still that grant's replay.
+        return match &claim {
+            Some(claim) => replay(state, identity, claim, None, Some(expired)).await,
+            None => Err(expired),
+        };
+    }
+    let lot_id = keys::new_id();
+    let answer = json!({
+        "lot_id": lot_id,
+        "user_id": body.user_id,
+        "amount": body.amount,
+        "expires_at": body.expires_at,
+    });
+    let ttl = state.config.idempotency_ttl_secs;
+    let records = claim
+        .iter()
+        .map(|c| c.record(table, &answer, ttl, []))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let grant = Grant {
+        user_id: &body.user_id,
+        lot_id: &lot_id,
+        amount: body.amount,
+        expires_at_secs: body.expires_at,
+        source,
     };
-    let outcome = ledger::grant(
-        &state.aws.dynamodb,
-        &state.config.table,
-        &Grant {
-            user_id: &body.user_id,
-            lot_id: &lot_id,
-            amount: body.amount,
-            expires_at_secs: body.expires_at,
-            source: body.source.trim(),
-        },
-    )
-    .await?;
-    tracing::info!(admin = %identity.user_id, to = %body.user_id, amount = body.amount, lot = %lot_id, created = outcome.created, "credits granted");
-    Ok(json_response(
-        if outcome.created { 201 } else { 200 },
-        &json!({
-            "lot_id": lot_id,
-            "user_id": body.user_id,
-            "amount": body.amount,
-            "expires_at": body.expires_at,
-            "available": outcome.available,
-        }),
-    ))
+    match ledger::grant(ddb, table, &grant, records).await {
+        Ok(outcome) => {
+            tracing::info!(admin = %identity.user_id, to = %body.user_id, amount = body.amount, lot = %lot_id, "credits granted");
+            Ok(json_response(
+                201,
+                &with_available(answer, outcome.available),
+            ))
+        }
+        Err(GrantError::ItemConflict(stored)) => {
+            let claim =
+                claim.ok_or_else(|| ApiError::internal("the record is the only extra item"))?;
+            replay(state, identity, &claim, stored, None).await
+        }
+        Err(GrantError::Failed(e)) => Err(e.into()),
+    }
+}
+
+/// The answer to a grant whose key was used before: the first answer (200) if it was this
+/// grant, 422 if another; `unused` is the error to give when the key was never used.
+async fn replay(
+    state: &AppState,
+    identity: &Identity,
+    claim: &Claim,
+    stored: Option<Item>,
+    unused: Option<ApiError>,
+) -> Result<Response<Body>> {
+    let ddb = &state.aws.dynamodb;
+    let table = &state.config.table;
+    let first = match claim.prior(ddb, table, stored).await? {
+        Prior::SameRequest(first) => first,
+        Prior::OtherRequest => return Err(ApiError::IdempotencyKeyReused),
+        Prior::Unused => {
+            return Err(unused.unwrap_or_else(|| ApiError::internal("idempotency record vanished")))
+        }
+    };
+    let user = first["user_id"].as_str().unwrap_or_default();
+    let available = ledger::get_account(ddb, table, user)
+        .await?
+        .map_or(0, |a| a.available);
+    tracing::info!(admin = %identity.user_id, to = %user, lot = %first["lot_id"], "grant replayed: nothing granted");
+    Ok(super::replayed(json_response(
+        200,
+        &with_available(first, available),
+    )))
+}
+
+/// A grant's answer with the recipient's balance now.
+fn with_available(mut answer: serde_json::Value, available: i64) -> serde_json::Value {
+    answer["available"] = json!(available);
+    answer
 }
 
 async fn list(state: &AppState, request: &Request) -> Result<Response<Body>> {

@@ -4,15 +4,15 @@
 
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::auth::Identity;
 use crate::error::{json_response, ApiError, Result};
 use crate::generation::{self, Limits, Parsed};
+use crate::idempotency::{Claim, Prior};
 use crate::ledger::{self, Reservation, ReserveError};
 use crate::queue::{self, GenerationMessage};
 use crate::sessions::Session;
-use crate::table::{self, keys, number, put_new, string, Item};
+use crate::table::{keys, put_new, Item};
 use crate::{clock, AppState};
 
 /// Route key of image generation.
@@ -68,10 +68,7 @@ pub async fn accept(
     let now = clock::now_ms();
     let session_id = keys::new_id();
     tracing::Span::current().record("session", session_id.as_str());
-    // Only a request that carries an Idempotency-Key needs its fingerprint.
-    let fingerprint = idempotency_key
-        .map(|_| fingerprint(route, &parsed))
-        .transpose()?;
+    let claim = idempotency_key.map(|key| claim(user_id, route, key, &parsed));
     let client_key = parsed.client_key.clone().unwrap_or_else(keys::new_id);
     let session = Session::queued(session_id.clone(), user_id, client_key, parsed.request, now);
     let accepted = json!({
@@ -82,18 +79,9 @@ pub async fn accept(
     });
     let table = &state.config.table;
     let mut items = vec![put_new(table, session.to_item()?)?];
-    if let (Some(key), Some(fingerprint)) = (idempotency_key, &fingerprint) {
-        let mut record = idempotency_key_of(user_id, route, key);
-        record.extend([
-            ("fingerprint".to_owned(), string(fingerprint.clone())),
-            ("response".to_owned(), string(accepted.to_string())),
-            ("session_id".to_owned(), string(session_id.clone())),
-            (
-                "ttl".to_owned(),
-                number(clock::ms_to_secs(now) + state.config.idempotency_ttl_secs),
-            ),
-        ]);
-        items.push(put_new(table, record)?);
+    if let Some(claim) = &claim {
+        let ttl = state.config.idempotency_ttl_secs;
+        items.push(claim.record(table, &accepted, ttl, [("session_id", session_id.clone())])?);
     }
     let reservation = Reservation {
         user_id,
@@ -105,10 +93,9 @@ pub async fn accept(
     match ledger::reserve(&state.aws.dynamodb, table, &reservation, items).await {
         Ok(()) => {}
         Err(ReserveError::ItemConflict { index: 1, item }) => {
-            let (Some(key), Some(fingerprint)) = (idempotency_key, &fingerprint) else {
-                return Err(ApiError::internal("item 1 is the idempotency record"));
-            };
-            return replay(state, user_id, route, key, fingerprint, item).await;
+            let claim =
+                claim.ok_or_else(|| ApiError::internal("item 1 is the idempotency record"))?;
+            return replay(state, &claim, item).await;
         }
         Err(e) => return Err(e.into_api_error(&reservation)),
     }
@@ -126,52 +113,22 @@ pub async fn accept(
 }
 
 /// The first answer to a repeated `Idempotency-Key`, or 422 if the body differs.
-async fn replay(
-    state: &AppState,
-    user_id: &str,
-    route: &str,
-    key: &str,
-    fingerprint: &str,
-    item: Option<Item>,
-) -> Result<Response<Body>> {
-    let item = match item {
-        Some(item) => item,
-        None => state
-            .aws
-            .dynamodb
-            .get_item()
-            .table_name(&state.config.table)
-            .set_key(Some(idempotency_key_of(user_id, route, key)))
-            .consistent_read(true)
-            .send()
-            .await?
-            .item
-            .ok_or_else(|| ApiError::internal("idempotency record vanished"))?,
-    };
-    if table::string_of(&item, "fingerprint") != Some(fingerprint) {
-        return Err(ApiError::IdempotencyKeyReused);
+async fn replay(state: &AppState, claim: &Claim, stored: Option<Item>) -> Result<Response<Body>> {
+    let prior = claim.prior(&state.aws.dynamodb, &state.config.table, stored);
+    match prior.await? {
+        Prior::SameRequest(answer) => Ok(super::replayed(json_response(202, &answer))),
+        Prior::OtherRequest => Err(ApiError::IdempotencyKeyReused),
+        Prior::Unused => Err(ApiError::internal("idempotency record vanished")),
     }
-    let stored = table::string_of(&item, "response")
-        .ok_or_else(|| ApiError::internal("record without response"))?;
-    let mut response = json_response(202, &serde_json::from_str(stored)?);
-    response.headers_mut().insert(
-        "idempotent-replayed",
-        http::HeaderValue::from_static("true"),
-    );
-    Ok(response)
 }
 
-/// The key of the idempotency record of `key` on `route`.
-fn idempotency_key_of(user_id: &str, route: &str, key: &str) -> Item {
-    table::key(keys::user_pk(user_id), keys::idempotency_sk(route, key))
-}
-
-/// What makes two requests "the same" for idempotency: the route and the validated request.
-fn fingerprint(route: &str, parsed: &Parsed) -> Result<String> {
-    let canonical = serde_json::to_string(&json!({
+/// The claim on an `Idempotency-Key`: two requests are the same when their route and
+/// validated request are.
+fn claim(user_id: &str, route: &str, key: &str, parsed: &Parsed) -> Claim {
+    let canonical = json!({
         "route": route,
         "request": parsed.request,
         "client_key": parsed.client_key,
-    }))?;
-    Ok(hex::encode(Sha256::digest(canonical)))
+    });
+    Claim::new(user_id, route, key, &canonical)
 }

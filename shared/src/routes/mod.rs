@@ -77,6 +77,15 @@ pub fn idempotency_key(request: &Request) -> Result<Option<String>> {
         })
 }
 
+/// Marks a response as the replay of an earlier request's (same `Idempotency-Key`).
+pub fn replayed(mut response: Response<Body>) -> Response<Body> {
+    response.headers_mut().insert(
+        "idempotent-replayed",
+        http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 /// A path parameter.
 pub fn path_param(request: &Request, name: &str) -> Option<String> {
     request

@@ -16,12 +16,13 @@ use axum::Router;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-/// The bootstrap `cargo lambda build --release` built for `function`.
+/// The bootstrap `cargo lambda build --release` built for `function`: under target/lambda, or
+/// under `$LAMBDA_ARTIFACTS` (how scripts/size_levers.sh measures a build of another profile).
 pub fn bootstrap(function: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/lambda")
-        .join(function)
-        .join("bootstrap");
+    let artifacts = std::env::var_os("LAMBDA_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/lambda"));
+    let path = artifacts.join(function).join("bootstrap");
     assert!(
         path.exists(),
         "{} missing: run make build-lambda (cargo lambda build --release, as sam build does)",

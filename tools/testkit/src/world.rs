@@ -213,6 +213,7 @@ impl World {
                 expires_at_secs: expires_at,
                 source: "test",
             },
+            vec![],
         )
         .await
         .unwrap();
