@@ -295,3 +295,38 @@ async fn a_fully_spent_lot_expires_cleanly_and_the_account_stays_usable() {
     assert!(!kinds(&world, "spent").await.contains(&EntryKind::Expire));
     assert!(hold(&world, "spent", 5).await.is_ok());
 }
+
+#[tokio::test]
+async fn an_expiry_planned_before_a_reserve_committed_is_refused_and_replanned() {
+    let world = World::new().await;
+    // Lot A (10) expires a minute from now, lot B (10) never. The expiry runs as of A's
+    // expiry; the reserve commits before it, while A is still valid by the reserve's clock.
+    let due = clock::now_secs() + 60;
+    world.grant("race", 10, Some(due)).await;
+    world.grant("race", 10, None).await;
+    let read = world.account("race").await;
+    hold(&world, "race", 15).await.expect("the reserve commits");
+    let stale = ledger::expire_as_read(world.ddb(), world.table(), "race", &read, due)
+        .await
+        .unwrap();
+    assert_eq!(stale, None, "the plan made before the reserve is refused");
+    let after_reserve = world.assert_conserved("race").await;
+    assert_eq!(
+        (
+            after_reserve.available,
+            after_reserve.held,
+            after_reserve.expired
+        ),
+        (5, 15, 0),
+        "the refused expiry wrote nothing"
+    );
+    // Re-read and re-planned, the expiry keeps what backs the hold: nothing is overdrawn.
+    let lost = ledger::expire_due(world.ddb(), world.table(), "race", due)
+        .await
+        .unwrap();
+    let account = world.assert_conserved("race").await;
+    assert!(account.available >= 0, "overdrawn: {account:?}");
+    assert_eq!(account.held, 15);
+    assert_eq!(account.expired, lost);
+    assert_eq!(account.available + account.expired, 5, "{account:?}");
+}

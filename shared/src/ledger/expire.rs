@@ -24,24 +24,42 @@ pub async fn expire_due(
         let Some(account) = get_account(ddb, table, user_id).await? else {
             return Ok(0);
         };
-        if account.next_expiry_secs > now_secs {
-            return Ok(0);
-        }
-        let plan = plan_expiry(&account, now_secs);
-        let mut writes = vec![expiry_update(table, user_id, &account, &plan)?];
-        for entry in expiry_entries(&plan) {
-            writes.push(entry.put(table, user_id)?);
-        }
-        match table::transact(ddb, writes).await {
-            Ok(()) => return Ok(plan.expired()),
-            Err(TxFailure::Cancelled(_)) => table::backoff(attempt).await,
-            Err(TxFailure::Other(e)) => return Err(e),
+        match expire_as_read(ddb, table, user_id, &account, now_secs).await? {
+            Some(lost) => return Ok(lost),
+            None => table::backoff(attempt).await,
         }
     }
     Err(Fault::new("expiry gave up after repeated conflicts"))
 }
 
-/// The update of the account that applies an expiry plan, under the version read.
+/// One attempt: expires what is due in `account` as it was read; returns the credits lost, or
+/// `None` when the account changed since the read (nothing written: read it again).
+pub async fn expire_as_read(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user_id: &str,
+    account: &Account,
+    now_secs: i64,
+) -> Result<Option<i64>> {
+    if account.next_expiry_secs > now_secs {
+        return Ok(Some(0));
+    }
+    let plan = plan_expiry(account, now_secs);
+    let mut writes = vec![expiry_update(table, user_id, account, &plan)?];
+    for entry in expiry_entries(&plan) {
+        writes.push(entry.put(table, user_id)?);
+    }
+    match table::transact(ddb, writes).await {
+        Ok(()) => Ok(Some(plan.expired())),
+        Err(TxFailure::Cancelled(_)) => Ok(None),
+        Err(TxFailure::Other(e)) => Err(e),
+    }
+}
+
+/// The update of the account that applies an expiry plan, under the balances read: the plan
+/// is only right for them. Reserves do not bump `version` (so that they do not conflict with
+/// one another) but change `available` and `held`: a reserve that committed after the read
+/// would otherwise be overdrawn by the expiry, its credits counted as expired and held.
 fn expiry_update(
     table: &str,
     user_id: &str,
@@ -56,6 +74,8 @@ fn expiry_update(
         (":next".to_owned(), number(plan.next_expiry_secs)),
         (":one".to_owned(), number(1)),
         (":version".to_owned(), number(account.version)),
+        (":available".to_owned(), number(account.available)),
+        (":held".to_owned(), number(account.held)),
     ]);
     let mut sets = vec!["next_expiry = :next".to_owned()];
     let mut removes = Vec::new();
@@ -65,7 +85,8 @@ fn expiry_update(
         values.extend(due_index_values(plan.next_expiry_secs));
         sets.push("due_pk = :due_pk, due_at = :due_at".to_owned());
     }
-    let mut conditions = vec!["version = :version".to_owned()];
+    let mut conditions =
+        vec!["version = :version AND available = :available AND held = :held".to_owned()];
     for (i, (id, _, backing)) in plan.lots.iter().enumerate() {
         names.insert(format!("#lot{i}"), id.clone());
         if *backing == 0 {

@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use serde::{Deserialize, Serialize};
 
-pub use expire::{expire_due, users_with_expired_lots};
+pub use expire::{expire_as_read, expire_due, users_with_expired_lots};
 pub use grant::{grant, Grant, GrantError, Granted};
 pub use history::{entries_between, list_entries, rebuild_from_ledger};
 pub use reserve::{reserve, Reservation, ReserveError};
