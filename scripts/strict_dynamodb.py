@@ -20,6 +20,8 @@ real SDK):
   defined; ...".
 - A reserved word used bare as an attribute name in any expression (moto's copy of DynamoDB's
   list): "Invalid <Kind>Expression: Attribute name is a reserved keyword; reserved keyword: X".
+- An expression longer than 4 KB (4096 bytes of the raw string, as sent): "Invalid
+  <Kind>Expression: Expression size has exceeded the maximum allowed size; expression size: N".
 - TransactWriteItems: more than 100 items; two operations on one item ("Transaction request
   cannot include multiple operations on one item"); more than 4 MB in all.
 - TransactGetItems: more than 100 items.
@@ -29,8 +31,8 @@ real SDK):
   empty string / binary, and a Key that names other attributes than the table's key ("The
   provided key element does not match the schema").
 
-Not enforced: expression syntax beyond the tokens above (moto parses it), the 4 KB expression
-length limit, nesting depth (32 levels), the 1 MB query page (moto pages by count), a
+Not enforced: expression syntax beyond the tokens above (moto parses it), the 300-operator
+limit of an expression, nesting depth (32 levels), the 1 MB query page (moto pages by count), a
 ConditionExpression's functions on key attributes, BatchWriteItem / BatchGetItem item limits
 (25 / 100) and duplicate keys in one batch.
 """
@@ -53,6 +55,7 @@ EXPRESSIONS = {
 MAX_TRANSACTION_ITEMS = 100
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 MAX_ITEM_BYTES = 400 * 1024
+MAX_EXPRESSION_BYTES = 4096
 UNDEFINED = {
     "#": "An expression attribute name used in the document path is not defined; "
     "attribute name: ",
@@ -179,6 +182,12 @@ def check_expressions(op):
         expression = op.get(field)
         if expression is None:
             continue
+        size = len(expression.encode())
+        if size > MAX_EXPRESSION_BYTES:
+            raise Invalid(
+                f"Invalid {kind}: Expression size has exceeded the maximum allowed size; "
+                f"expression size: {size}"
+            )
         for sigil, word, call in TOKEN.findall(expression):
             if sigil:
                 token = sigil + word

@@ -98,6 +98,7 @@ async fn enqueue() -> Value {
             session_id: id.clone(),
             user_id: "bench".into(),
             attempt: 0,
+            retries: 0,
             enqueued_at_ms: 0,
         };
         let started = Instant::now();

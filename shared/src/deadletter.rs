@@ -1,6 +1,7 @@
 //! Dead letters: messages that failed every delivery land in the DLQ, whose consumer records
 //! each one in DynamoDB (partition `DLQ`, newest first), releases the session's hold and marks
-//! it failed (`dead_lettered`), then lets the message go. Admins list, retry, delete and purge
+//! it failed (`dead_lettered`), then lets the message go; it leaves alone a session somebody
+//! still drives (a live lease, a rendering video) or that an admin retried since. Admins list, retry, delete and purge
 //! the records through the admin routes ([`crate::routes::admin`]).
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -11,7 +12,7 @@ use crate::batch::{run_batch, Outcome};
 use crate::fault::{Context, Result};
 use crate::queue::GenerationMessage;
 use crate::sessions::transitions::{self, DEAD_LETTERED};
-use crate::sessions::{self, Session, SessionError};
+use crate::sessions::{self, Session, SessionError, Status};
 use crate::table::{self, Item};
 use crate::{clock, AppState};
 
@@ -72,7 +73,8 @@ pub async fn handle_batch(app: AppState, event: SqsEvent) -> SqsBatchResponse {
         let app = app.clone();
         async move {
             match record_dead_letter(&app, &record).await {
-                Ok(()) => Outcome::Done,
+                Ok(Disposal::Done) => Outcome::Done,
+                Ok(Disposal::LookAgain(reason)) => Outcome::Retry(reason.into()),
                 Err(e) => Outcome::Retry(e.chain()),
             }
         }
@@ -80,25 +82,87 @@ pub async fn handle_batch(app: AppState, event: SqsEvent) -> SqsBatchResponse {
     .await
 }
 
-/// Records one dead letter, releases its session's hold and fails the session.
-pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<()> {
+/// What became of a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposal {
+    /// Recorded, or nothing to do: let the message go.
+    Done,
+    /// Someone may still be driving the session: look again at the next delivery.
+    LookAgain(&'static str),
+}
+
+/// What a dead letter means for the session it names, as read now.
+enum Verdict {
+    /// No session to act on (an unreadable body, a deleted session): record it for an admin.
+    RecordOnly,
+    /// Nothing to do: the session is final, rendering (the sweeper drives it to its end and
+    /// cancels it past the longest render), or moved on to a later round (an admin retried
+    /// it since this message was sent: acting on it would undo the retry).
+    Ignore(&'static str),
+    /// Another delivery holds a live lease and may still finish the session.
+    Driven,
+    /// Nobody drives the session: set it aside (fail it, release its hold, record it).
+    SetAside(Box<Session>),
+}
+
+fn verdict(message: Option<&GenerationMessage>, session: Option<Session>, now_ms: i64) -> Verdict {
+    let (Some(message), Some(session)) = (message, session) else {
+        return Verdict::RecordOnly;
+    };
+    if message.retries != session.retries {
+        return Verdict::Ignore("the session was retried since this message was sent");
+    }
+    match session.status {
+        status if status.is_final() => Verdict::Ignore("the session has finished"),
+        Status::Rendering => Verdict::Ignore("the sweeper drives the rendering video"),
+        Status::Running if session.lease_until_ms.is_some_and(|t| t >= now_ms) => Verdict::Driven,
+        _ => Verdict::SetAside(Box::new(session)),
+    }
+}
+
+/// Records one dead letter and sets its session aside, if nobody is driving it any more.
+/// The record and the session's failure (with the release of its hold) are one transaction,
+/// so a crash between them cannot leave one without the other.
+pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<Disposal> {
+    let (ddb, table) = (&app.aws.dynamodb, &app.config.table);
     let body = record.body.clone().unwrap_or_default();
     let message: Option<GenerationMessage> = serde_json::from_str(&body).ok();
     let session = match &message {
-        Some(m) => {
-            sessions::get(
-                &app.aws.dynamodb,
-                &app.config.table,
-                &m.user_id,
-                &m.session_id,
-            )
-            .await?
-        }
+        Some(m) => sessions::get(ddb, table, &m.user_id, &m.session_id).await?,
         None => None,
     };
     let letter = dead_letter(record, message.as_ref(), session.as_ref());
     let mut item: Item = serde_dynamo::to_item(&letter)?;
     item.extend(record_key(&letter.dead_letter_id));
+    match verdict(message.as_ref(), session, clock::now_ms()) {
+        Verdict::Ignore(why) => {
+            tracing::info!(session = ?letter.session_id, why, "dead letter needs nothing");
+            return Ok(Disposal::Done);
+        }
+        Verdict::Driven => {
+            return Ok(Disposal::LookAgain(
+                "another delivery holds the session's lease",
+            ))
+        }
+        Verdict::RecordOnly => put_record(app, item).await?,
+        Verdict::SetAside(session) => {
+            let error = SessionError {
+                code: DEAD_LETTERED.into(),
+                message: "The generation failed repeatedly and was set aside for review. \
+                          No credits were charged."
+                    .into(),
+            };
+            if !transitions::dead_letter(ddb, table, &session, error, item).await? {
+                return Ok(Disposal::LookAgain("the session moved while it was read"));
+            }
+        }
+    }
+    tracing::warn!(dead_letter = %letter.dead_letter_id, session = ?letter.session_id, error = ?letter.last_error, "dead letter recorded");
+    Ok(Disposal::Done)
+}
+
+/// Records a dead letter that names no session; a redelivery finds it recorded.
+async fn put_record(app: &AppState, item: Item) -> Result<()> {
     let put = app
         .aws
         .dynamodb
@@ -109,24 +173,11 @@ pub async fn record_dead_letter(app: &AppState, record: &SqsMessage) -> Result<(
         .send()
         .await;
     match put {
-        // Already recorded by an earlier delivery of this dead letter: go on to the release.
         Err(e) if !table::is_conditional_check_failed(&e) => {
-            return Err(e).context("record the dead letter")
+            Err(e).context("record the dead letter")
         }
-        _ => {}
+        _ => Ok(()),
     }
-    tracing::warn!(dead_letter = %letter.dead_letter_id, session = ?letter.session_id, error = ?letter.last_error, "dead letter recorded");
-    if let Some(session) = session.filter(|s| !s.status.is_final()) {
-        let error = SessionError {
-            code: DEAD_LETTERED.into(),
-            message: "The generation failed repeatedly and was set aside for review. \
-                      No credits were charged."
-                .into(),
-        };
-        transitions::fail_with_release(&app.aws.dynamodb, &app.config.table, &session, error)
-            .await?;
-    }
-    Ok(())
 }
 
 /// The record of a dead letter, from the message and, when it names one, its session.

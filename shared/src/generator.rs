@@ -353,9 +353,10 @@ async fn complete(
         note,
         timing: timing.clone(),
     };
-    transitions::complete_with_capture(generator.ddb(), generator.table(), session, completion)
-        .await?;
-    Ok(Outcome::Done)
+    let finished =
+        transitions::complete_with_capture(generator.ddb(), generator.table(), session, completion)
+            .await;
+    finish_or_hand_back(generator, session, finished).await
 }
 
 async fn run_video(
@@ -427,6 +428,21 @@ async fn hand_back(generator: &Generator, session: &Session, reason: String) -> 
 
 /// Fails the session, releases its credits and acknowledges the record.
 async fn fail(generator: &Generator, session: &Session, error: SessionError) -> Result<Outcome> {
-    transitions::fail_with_release(generator.ddb(), generator.table(), session, error).await?;
-    Ok(Outcome::Done)
+    let finished =
+        transitions::fail_with_release(generator.ddb(), generator.table(), session, error).await;
+    finish_or_hand_back(generator, session, finished).await
+}
+
+/// Acknowledges a record whose session ended (here or elsewhere); when the final transaction
+/// failed, the session goes back to the queue at once, holding its credits, and the record is
+/// redelivered: acknowledging it would leave the session open until the hold timeout.
+async fn finish_or_hand_back(
+    generator: &Generator,
+    session: &Session,
+    finished: Result<bool>,
+) -> Result<Outcome> {
+    match finished {
+        Ok(_) => Ok(Outcome::Done),
+        Err(e) => hand_back(generator, session, format!("finish: {}", e.chain())).await,
+    }
 }

@@ -15,6 +15,10 @@ pub struct GenerationMessage {
     pub user_id: String,
     /// Dispatch attempt (0 for the first, more for re-dispatches and admin retries).
     pub attempt: u32,
+    /// The session's admin retries when it was sent (see [`crate::sessions::Session::retries`]);
+    /// absent in messages sent before the field existed.
+    #[serde(default)]
+    pub retries: u32,
     /// When it was sent (epoch ms).
     #[serde(rename = "enqueued_at")]
     pub enqueued_at_ms: i64,

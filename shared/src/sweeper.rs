@@ -40,7 +40,7 @@ pub struct Settings {
     pub settle_concurrency: usize,
     /// A render running longer than this is cancelled and refunded (ms).
     pub max_render_ms: i64,
-    /// A session `queued` longer than this is re-dispatched (ms).
+    /// A session `queued` with no activity for this long is re-dispatched (ms).
     pub stuck_queued_ms: i64,
     /// A hold whose session has not finished within this is released (ms).
     pub hold_timeout_ms: i64,
@@ -58,7 +58,9 @@ impl Default for Settings {
             get_concurrency: 16,
             settle_concurrency: 16,
             max_render_ms: 30 * 60_000,
-            stuck_queued_ms: 5 * 60_000,
+            // Above the generation queue's visibility (360 s): a session handed back waits
+            // for its redelivery, which is activity, and is not re-sent on top of it.
+            stuck_queued_ms: 10 * 60_000,
             hold_timeout_ms: 2 * 60 * 60_000,
             check_backoff_ms: (10_000, 120_000),
             // Longer than one provider call (10 s timeout) plus a copy, so no step that starts
@@ -247,14 +249,15 @@ enum Step {
     Lots,
 }
 
-/// Sessions of an index partition whose sort key is at most `until`, oldest first.
+/// Sessions of an index partition whose sort key is at most `until`, oldest first; with
+/// `idle_in`, only those in that status whose last activity is at most `until` too.
 async fn due_sessions(
     app: &AppState,
     index: &str,
     pk: (&str, &str),
     until: i64,
     limit: i32,
-    only: Option<Status>,
+    idle_in: Option<Status>,
 ) -> Result<Vec<Session>> {
     let (pk_name, pk_value) = pk;
     let sk_name = if index == "due" { "due_at" } else { "open_at" };
@@ -272,9 +275,9 @@ async fn due_sessions(
             .expression_attribute_values(":until", number(until))
             .set_exclusive_start_key(start)
             .limit(limit.min(1000));
-        if let Some(status) = only {
+        if let Some(status) = idle_in {
             query = query
-                .filter_expression("#status = :status")
+                .filter_expression("#status = :status AND updated_at <= :until")
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", serde_dynamo::to_attribute_value(status)?);
         }
@@ -594,6 +597,7 @@ async fn send_batch(app: &AppState, sessions: &[Session], now_ms: i64) -> Result
             session_id: session.session_id.clone(),
             user_id: session.user_id.clone(),
             attempt: session.attempt + 1,
+            retries: session.retries,
             enqueued_at_ms: now_ms,
         };
         entries.push(
@@ -646,9 +650,16 @@ async fn release_stale_holds(
             code: "timed_out".into(),
             message: "The generation did not finish in time. No credits were charged.".into(),
         };
-        if end_and_release(app, session, error).await? {
-            report.holds_released += 1;
-            report.failed += 1;
+        // One session that cannot be settled now must not keep the others open.
+        match end_and_release(app, session, error).await {
+            Ok(true) => {
+                report.holds_released += 1;
+                report.failed += 1;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(session = %session.session_id, error = %e.chain(), "hold release failed; next run")
+            }
         }
     }
     Ok(())

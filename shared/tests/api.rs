@@ -101,9 +101,17 @@ async fn balance_transactions_and_usage_reflect_the_ledger() {
     world.grant("bal", 10, None).await;
     let accepted = generate(&world, "bal", "x").await;
     let session = accepted["session_id"].as_str().unwrap();
-    shared::ledger::settle(world.ddb(), world.table(), "bal", session, 6, vec![])
-        .await
-        .unwrap();
+    shared::ledger::settle(
+        world.ddb(),
+        world.table(),
+        "bal",
+        session,
+        6,
+        shared::ledger::ExpiredShare::Lost,
+        vec![],
+    )
+    .await
+    .unwrap();
 
     let (status, balance) = call(&world, Event::new("GET /api/credits/balance", user("bal"))).await;
     assert_eq!(status, 200);
@@ -565,4 +573,46 @@ async fn the_202_and_error_bodies_follow_the_contract() {
     let (status, body) = parts(enqueue::handle(&world.state, event.build()).await);
     assert_eq!(status, 402);
     validate(&body, "Error");
+}
+
+/// A template parameter's default, or a resource property, as a number.
+fn template_number(template: &serde_yaml::Value, path: &[&str]) -> i64 {
+    let mut node = template;
+    for step in path {
+        node = &node[*step];
+    }
+    node.as_i64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number"))
+}
+
+#[test]
+fn the_timeouts_of_the_template_leave_each_repair_to_its_owner() {
+    let template = load_yaml("template.yaml");
+    let visibility_ms = 1000
+        * template_number(
+            &template,
+            &[
+                "Resources",
+                "GenerationQueue",
+                "Properties",
+                "VisibilityTimeout",
+            ],
+        );
+    let receives = template_number(
+        &template,
+        &[
+            "Resources",
+            "GenerationQueue",
+            "Properties",
+            "RedrivePolicy",
+            "maxReceiveCount",
+        ],
+    );
+    let parameter = |name: &str| template_number(&template, &["Parameters", name, "Default"]);
+    // A handed-back session waits out the visibility timeout for its redelivery: the sweeper
+    // must not take it for stuck meanwhile, or every hand-back gets a duplicate message.
+    assert!(parameter("StuckQueuedMs") > visibility_ms);
+    // Every delivery and the dead-letter consumer finish before the hold times out.
+    assert!(parameter("HoldTimeoutMs") > receives * visibility_ms);
+    assert!(parameter("HoldTimeoutMs") > parameter("MaxRenderMs"));
 }

@@ -307,3 +307,53 @@ async fn hostile_input_gets_its_4xx_code_and_writes_nothing() {
     assert_eq!(world.account("mallory").await.held, 0);
     assert!(world.drain_queue().await.is_empty());
 }
+
+/// A reserve whose commit the caller could not see answers 202 all the same: the session was
+/// written, its credits held and its message sent, so "failed, nothing charged" would be a lie.
+async fn an_unseen_commit_is_accepted(fault: testkit::Fault) {
+    let world = World::new().await;
+    world.grant("amb", 20, None).await;
+    world.inject("TransactWriteItems", fault, 0, 1).await;
+    let body = json!({"prompt": "unseen", "n": 1}).to_string();
+    let (status, accepted) = post(&world, IMAGE_ROUTE, "amb", &body).await;
+    assert_eq!(status, 202, "{fault:?}: {accepted}");
+    let session_id = accepted["session_id"].as_str().unwrap();
+    let session = shared::sessions::get(world.ddb(), world.table(), "amb", session_id)
+        .await
+        .unwrap()
+        .expect("the committed session");
+    assert_eq!(session.status, shared::sessions::Status::Queued);
+    let account = world.assert_conserved("amb").await;
+    assert_eq!((account.held, account.holds.len()), (2, 1), "one hold");
+    let messages = world.drain_queue().await;
+    assert_eq!(messages.len(), 1, "dispatched once");
+    assert_eq!(messages[0]["session_id"], session_id);
+}
+
+#[tokio::test]
+async fn a_lost_reserve_response_still_answers_202_with_one_hold() {
+    an_unseen_commit_is_accepted(testkit::Fault::LostResponse).await;
+}
+
+#[tokio::test]
+async fn a_reserve_that_times_out_after_committing_still_answers_202() {
+    an_unseen_commit_is_accepted(testkit::Fault::Stall).await;
+}
+
+#[tokio::test]
+async fn a_reserve_that_never_committed_is_500_and_writes_nothing() {
+    let world = World::new().await;
+    world.grant("down", 20, None).await;
+    let before = world.keys().await;
+    // Every attempt the SDK makes answers 500 without committing.
+    world
+        .inject("TransactWriteItems", testkit::Fault::Internal, 0, 3)
+        .await;
+    let body = json!({"prompt": "down", "n": 1}).to_string();
+    let (status, answer) = post(&world, IMAGE_ROUTE, "down", &body).await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(world.keys().await, before, "nothing written");
+    let account = world.assert_conserved("down").await;
+    assert_eq!((account.available, account.held), (20, 0));
+    assert!(world.drain_queue().await.is_empty());
+}

@@ -332,3 +332,36 @@ async fn a_video_creates_its_task_with_flags_and_renders() {
         "held until the render ends"
     );
 }
+
+#[tokio::test]
+async fn a_finishing_transaction_that_fails_hands_the_session_back_instead_of_acknowledging() {
+    let (world, mock) = setup(Knobs::default()).await;
+    let generator = generator_for(&world, &mock).await;
+    let id = enqueue(&world, IMAGE_ROUTE, json!({"prompt": "finish", "n": 2})).await;
+    // Every attempt the SDK makes at the settle transaction answers 500.
+    world
+        .inject("TransactWriteItems", testkit::Fault::Internal, 0, 3)
+        .await;
+    let (_, failed) = deliver_once(&world, &generator).await;
+    assert_eq!(
+        failed.len(),
+        1,
+        "the record is redelivered, not acknowledged"
+    );
+    let waiting = session(&world, &id).await;
+    assert_eq!(waiting.status, Status::Queued, "handed back at once");
+    assert!(waiting.last_error.unwrap().contains("finish"));
+    let account = world.assert_conserved("gen").await;
+    assert_eq!((account.held, account.captured), (4, 0), "still held");
+
+    let (_, failed) = deliver_once(&world, &generator).await;
+    assert!(failed.is_empty());
+    let done = session(&world, &id).await;
+    assert_eq!((done.status, done.credits_captured), (Status::Completed, 4));
+    let account = world.assert_conserved("gen").await;
+    assert_eq!(
+        (account.held, account.captured, account.inflight),
+        (0, 4, 0)
+    );
+    assert_eq!(objects(&world).await.len(), 2, "one set of outputs");
+}

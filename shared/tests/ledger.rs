@@ -1,7 +1,7 @@
 //! The credit ledger against moto: lots, expiry, capture and release exactly once, conservation.
 
 use shared::clock;
-use shared::ledger::{self, EntryKind, Reservation, ReserveError, Settlement};
+use shared::ledger::{self, EntryKind, ExpiredShare, Reservation, ReserveError, Settlement};
 use testkit::World;
 
 async fn hold(world: &World, user: &str, amount: i64) -> Result<String, ReserveError> {
@@ -18,9 +18,17 @@ async fn hold(world: &World, user: &str, amount: i64) -> Result<String, ReserveE
 }
 
 async fn settle(world: &World, user: &str, session: &str, capture: i64) -> Settlement {
-    ledger::settle(world.ddb(), world.table(), user, session, capture, vec![])
-        .await
-        .unwrap()
+    ledger::settle(
+        world.ddb(),
+        world.table(),
+        user,
+        session,
+        capture,
+        ExpiredShare::Lost,
+        vec![],
+    )
+    .await
+    .unwrap()
 }
 
 async fn kinds(world: &World, user: &str) -> Vec<EntryKind> {
@@ -89,7 +97,8 @@ async fn credits_held_before_an_expiry_stay_valid_for_that_hold() {
         Settlement::Settled {
             captured: 8,
             released: 0,
-            expired: 0
+            expired: 0,
+            refunded: 0
         }
     );
     let account = world.assert_conserved("keep").await;
@@ -113,7 +122,8 @@ async fn releasing_a_hold_backed_by_an_expired_lot_expires_it_instead() {
         Settlement::Settled {
             captured: 3,
             released: 0,
-            expired: 5
+            expired: 5,
+            refunded: 0
         }
     );
     let account = world.assert_conserved("rel").await;
@@ -143,6 +153,7 @@ async fn capture_and_release_happen_at_most_once_whatever_is_retried() {
                     "once",
                     &session,
                     if i % 2 == 0 { 8 } else { 0 },
+                    ExpiredShare::Lost,
                     vec![],
                 )
                 .await
@@ -185,7 +196,8 @@ async fn partial_capture_releases_the_rest() {
         Settlement::Settled {
             captured: 6,
             released: 2,
-            expired: 0
+            expired: 0,
+            refunded: 0
         }
     );
     let account = world.assert_conserved("part").await;
@@ -329,4 +341,96 @@ async fn an_expiry_planned_before_a_reserve_committed_is_refused_and_replanned()
     assert_eq!(account.held, 15);
     assert_eq!(account.expired, lost);
     assert_eq!(account.available + account.expired, 5, "{account:?}");
+}
+
+#[tokio::test]
+async fn a_release_we_caused_gives_the_expired_share_back_in_a_grace_lot() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    world.grant("ours", 10, Some(now + 60)).await;
+    let session = hold(&world, "ours", 8).await.unwrap();
+    ledger::expire_due(world.ddb(), world.table(), "ours", now + 61)
+        .await
+        .unwrap();
+    let settled = ledger::settle(
+        world.ddb(),
+        world.table(),
+        "ours",
+        &session,
+        0,
+        ExpiredShare::Refunded,
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        settled,
+        Settlement::Settled {
+            captured: 0,
+            released: 0,
+            expired: 0,
+            refunded: 8
+        }
+    );
+    let account = world.assert_conserved("ours").await;
+    assert_eq!(
+        (account.available, account.held, account.expired),
+        (8, 0, 2),
+        "only the unheld part expired"
+    );
+    let grace = &account.lots[&ledger::grace_lot_id(&session)];
+    assert_eq!(
+        (grace.amount, grace.remaining, grace.expired),
+        (8, 8, false)
+    );
+    let expires = grace.expires_at_secs.unwrap();
+    assert!((expires - clock::now_secs() - ledger::GRACE_LOT_SECS).abs() < 60);
+    assert_eq!(account.lots.len(), 1, "the spent expired lot is gone");
+    assert_eq!(
+        account.next_expiry_secs, expires,
+        "the sweeper expires it in time"
+    );
+    let kinds = kinds(&world, "ours").await;
+    assert_eq!(kinds.len(), 4, "grant, hold, expire, refund: {kinds:?}");
+    assert!(kinds.contains(&EntryKind::Refund) && !kinds.contains(&EntryKind::Release));
+    // The credits can be spent again.
+    hold(&world, "ours", 8).await.unwrap();
+    world.assert_conserved("ours").await;
+}
+
+#[tokio::test]
+async fn more_lots_than_one_transaction_can_hold_expire_together() {
+    let world = World::new().await;
+    let now = clock::now_secs();
+    for _ in 0..250 {
+        world.grant("many", 1, Some(now + 60)).await;
+    }
+    world.grant("many", 10, None).await;
+    // Holds made before the expiry keep the credits of the lots that back them.
+    let three = hold(&world, "many", 3).await.unwrap();
+    hold(&world, "many", 2).await.unwrap();
+    let lost = ledger::expire_due(world.ddb(), world.table(), "many", now + 61)
+        .await
+        .unwrap();
+    assert_eq!(lost, 245);
+    let account = world.assert_conserved("many").await;
+    assert_eq!(
+        (account.available, account.held, account.expired),
+        (10, 5, 245)
+    );
+    assert_eq!(account.next_expiry_secs, ledger::NO_EXPIRY);
+    assert_eq!(
+        account.lots.len(),
+        6,
+        "the lot that never expires and 5 backing the holds"
+    );
+    let expiries = kinds(&world, "many")
+        .await
+        .into_iter()
+        .filter(|k| *k == EntryKind::Expire)
+        .count();
+    assert_eq!(expiries, 245, "one entry per lot that lost credits");
+    settle(&world, "many", &three, 3).await;
+    let account = world.assert_conserved("many").await;
+    assert_eq!((account.captured, account.lots.len()), (3, 3));
 }

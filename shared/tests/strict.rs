@@ -296,3 +296,45 @@ async fn key_attributes_must_be_present_typed_and_not_empty() {
     );
     assert!(world.keys().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_expression_over_4_kb_is_refused_and_one_of_4_kb_passes() {
+    let world = World::new().await;
+    // `SET <name> = :v`, exactly `size` bytes long.
+    let expression = |size: usize| format!("SET {} = :v", "a".repeat(size - 9));
+    let send = |expression: String| {
+        world
+            .ddb()
+            .update_item()
+            .table_name(world.table())
+            .set_key(Some(key("U#a", "A")))
+            .update_expression(expression)
+            .expression_attribute_values(":v", number(1))
+            .send()
+    };
+    assert_eq!(
+        refusal(send(expression(4097)).await),
+        validation(
+            "Invalid UpdateExpression: Expression size has exceeded the maximum allowed size; \
+             expression size: 4097"
+        )
+    );
+    let in_transaction = transact(
+        &world,
+        vec![update(
+            &world,
+            key("U#a", "B"),
+            &expression(5000),
+            &[(":v", number(1))],
+        )],
+    )
+    .await;
+    assert_eq!(
+        refusal(in_transaction).1,
+        "Invalid UpdateExpression: Expression size has exceeded the maximum allowed size; \
+         expression size: 5000"
+    );
+    assert!(world.keys().await.is_empty());
+    send(expression(4096)).await.expect("4096 bytes pass");
+    assert_eq!(world.keys().await.len(), 1);
+}

@@ -297,14 +297,15 @@ async fn a_crash_between_reserve_and_send_is_redispatched_and_completes_once() {
         "the send failed: no message"
     );
     assert_eq!(session(&world, "c", &id).await.status, Status::Queued);
-    // Five minutes pass without the session moving.
+    // Longer than the threshold passes without the session moving.
+    let then = clock_ms() - Settings::default().stuck_queued_ms - 1;
     world
         .ddb()
         .update_item()
         .table_name(world.table())
         .set_key(Some(sessions::session_key("c", &id)))
-        .update_expression("SET open_at = :then")
-        .expression_attribute_values(":then", shared::table::number(clock_ms() - 300_001))
+        .update_expression("SET open_at = :then, updated_at = :then")
+        .expression_attribute_values(":then", shared::table::number(then))
         .send()
         .await
         .unwrap();
@@ -327,6 +328,19 @@ async fn a_crash_between_reserve_and_send_is_redispatched_and_completes_once() {
     world.assert_conserved("c").await;
 }
 
+/// A sweep with the hold timeout at zero: every open hold is past it. Nothing is re-dispatched.
+async fn sweep_releasing_holds(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+) -> shared::sweeper::Report {
+    let settings = Settings {
+        hold_timeout_ms: 0,
+        stuck_queued_ms: i64::MAX / 2,
+        ..Settings::default()
+    };
+    sweep(&sweeper_for(world, mock, settings), long_deadline()).await
+}
+
 #[tokio::test]
 async fn a_hold_past_the_timeout_is_released() {
     let world = World::new().await;
@@ -346,12 +360,7 @@ async fn a_hold_past_the_timeout_is_released() {
     )
     .await;
     assert_eq!(patient.holds_released, 0, "not yet past the timeout");
-    let settings = Settings {
-        hold_timeout_ms: 0,
-        stuck_queued_ms: i64::MAX / 2,
-        ..Settings::default()
-    };
-    let report = sweep(&sweeper_for(&world, &mock, settings), long_deadline()).await;
+    let report = sweep_releasing_holds(&world, &mock).await;
     assert_eq!(report.holds_released, 1);
     let failed = session(&world, "h", &id).await;
     assert_eq!(
@@ -433,4 +442,73 @@ async fn one_account_that_cannot_expire_does_not_stop_the_others() {
     assert_eq!(report.credits_expired, 30);
     let fine = world.assert_conserved("fine").await;
     assert_eq!((fine.available, fine.expired), (5, 30));
+}
+
+#[tokio::test]
+async fn a_session_handed_back_recently_is_left_to_its_redelivery() {
+    let world = World::new().await;
+    world.grant("hb", 50, None).await;
+    let id = enqueue(&world, "hb", IMAGE_ROUTE, json!({"prompt": "back", "n": 1})).await;
+    // Its message waits out the visibility timeout after a hand-back (not visible to us).
+    world.drain_queue().await;
+    let threshold = Settings::default().stuck_queued_ms;
+    let age = |attribute: &'static str| {
+        let world = &world;
+        let id = &id;
+        async move {
+            world
+                .ddb()
+                .update_item()
+                .table_name(world.table())
+                .set_key(Some(sessions::session_key("hb", id)))
+                .update_expression(format!("SET {attribute} = :then"))
+                .expression_attribute_values(
+                    ":then",
+                    shared::table::number(clock_ms() - threshold - 1),
+                )
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    // Accepted long ago, handed back just now.
+    age("open_at").await;
+    let mock = mock_provider::start(Knobs::default()).await.unwrap();
+    let sweeper = sweeper_for(&world, &mock, Settings::default());
+    assert_eq!(sweep(&sweeper, long_deadline()).await.redispatched, 0);
+    assert!(world.drain_queue().await.is_empty(), "no duplicate message");
+    // Nothing has happened to it for longer than the threshold: now it is stuck.
+    age("updated_at").await;
+    assert_eq!(sweep(&sweeper, long_deadline()).await.redispatched, 1);
+    let sent = world.drain_queue().await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["session_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_hold_we_time_out_gives_back_credits_whose_lot_expired_meanwhile() {
+    let world = World::new().await;
+    let now = shared::clock::now_secs();
+    world.grant("g", 10, Some(now + 3600)).await;
+    let id = enqueue(&world, "g", IMAGE_ROUTE, json!({"prompt": "late", "n": 3})).await;
+    // The lot expires while the session waits: the 6 held credits stay with the hold.
+    let lost = shared::ledger::expire_due(world.ddb(), world.table(), "g", now + 3601)
+        .await
+        .unwrap();
+    assert_eq!(lost, 4);
+    let mock = mock_provider::start(Knobs::default()).await.unwrap();
+    let report = sweep_releasing_holds(&world, &mock).await;
+    assert_eq!(report.holds_released, 1);
+    let failed = session(&world, "g", &id).await;
+    assert_eq!(failed.error.unwrap().code, "timed_out");
+    // Our timeout, not the user's doing: the 6 credits come back in full.
+    let account = world.assert_conserved("g").await;
+    assert_eq!(
+        (account.available, account.held, account.expired),
+        (6, 0, 4)
+    );
+    let grace = &account.lots[&shared::ledger::grace_lot_id(&id)];
+    assert_eq!(grace.remaining, 6);
+    assert_eq!(entry_count(&world, "g", EntryKind::Refund).await, 1);
+    assert_eq!(entry_count(&world, "g", EntryKind::Release).await, 0);
 }

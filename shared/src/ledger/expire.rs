@@ -1,5 +1,6 @@
-//! Lot expiry: every lot past its expiry is expired in one transaction per account, its
-//! credits that back older holds kept with those holds.
+//! Lot expiry: every lot past its expiry is expired, its credits that back older holds kept
+//! with those holds, in as few transactions as DynamoDB's limits allow (100 items, 4 KB
+//! expressions): many lots expiring together take several.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,13 @@ use super::{
 use crate::fault::{Fault, Result};
 use crate::table::{self, number, string, TxFailure, MAX_ATTEMPTS};
 
+/// Lots one expiry transaction takes at most: one ledger entry each beside the account's
+/// update, within the 100 items of a transaction. Fewer when the update's expression would
+/// pass 4 KB.
+const MAX_LOTS_PER_TRANSACTION: usize = 99;
+/// DynamoDB's limit on the length of one expression.
+const MAX_EXPRESSION_BYTES: usize = 4096;
+
 /// Expires every lot of `user_id` past its expiry; returns the credits lost.
 pub async fn expire_due(
     ddb: &aws_sdk_dynamodb::Client,
@@ -20,20 +28,28 @@ pub async fn expire_due(
     user_id: &str,
     now_secs: i64,
 ) -> Result<i64> {
-    for attempt in 1..=MAX_ATTEMPTS {
+    let (mut lost, mut conflicts) = (0, 0);
+    loop {
         let Some(account) = get_account(ddb, table, user_id).await? else {
-            return Ok(0);
+            return Ok(lost);
         };
+        if account.next_expiry_secs > now_secs {
+            return Ok(lost);
+        }
         match expire_as_read(ddb, table, user_id, &account, now_secs).await? {
-            Some(lost) => return Ok(lost),
-            None => table::backoff(attempt).await,
+            Some(chunk) => lost += chunk,
+            None if conflicts + 1 < MAX_ATTEMPTS => {
+                conflicts += 1;
+                table::backoff(conflicts).await;
+            }
+            None => return Err(Fault::new("expiry gave up after repeated conflicts")),
         }
     }
-    Err(Fault::new("expiry gave up after repeated conflicts"))
 }
 
-/// One attempt: expires what is due in `account` as it was read; returns the credits lost, or
-/// `None` when the account changed since the read (nothing written: read it again).
+/// One attempt: expires what is due in `account` as it was read, as much as one transaction
+/// takes; returns the credits lost, or `None` when the account changed since the read
+/// (nothing written: read it again). Lots still due after it leave the next expiry due.
 pub async fn expire_as_read(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -44,8 +60,8 @@ pub async fn expire_as_read(
     if account.next_expiry_secs > now_secs {
         return Ok(Some(0));
     }
-    let plan = plan_expiry(account, now_secs);
-    let mut writes = vec![expiry_update(table, user_id, account, &plan)?];
+    let (plan, update) = largest_chunk(table, user_id, account, now_secs)?;
+    let mut writes = vec![update];
     for entry in expiry_entries(&plan) {
         writes.push(entry.put(table, user_id)?);
     }
@@ -54,6 +70,33 @@ pub async fn expire_as_read(
         Err(TxFailure::Cancelled(_)) => Ok(None),
         Err(TxFailure::Other(e)) => Err(e),
     }
+}
+
+/// The plan of the most due lots one transaction takes, and its account update: halved until
+/// the update's expressions fit DynamoDB's 4 KB (holds each add to them too).
+fn largest_chunk(
+    table: &str,
+    user_id: &str,
+    account: &Account,
+    now_secs: i64,
+) -> Result<(ExpiryPlan, TransactWriteItem)> {
+    let mut max_lots = MAX_LOTS_PER_TRANSACTION;
+    loop {
+        let plan = plan_expiry(account, now_secs, max_lots);
+        let update = expiry_update(table, user_id, account, &plan)?;
+        if max_lots == 1 || fits(&update) {
+            return Ok((plan, update));
+        }
+        max_lots /= 2;
+    }
+}
+
+/// Whether an update's expressions are within DynamoDB's length limit.
+fn fits(item: &TransactWriteItem) -> bool {
+    item.update().is_none_or(|u| {
+        u.update_expression().len() <= MAX_EXPRESSION_BYTES
+            && u.condition_expression().unwrap_or_default().len() <= MAX_EXPRESSION_BYTES
+    })
 }
 
 /// The update of the account that applies an expiry plan, under the balances read: the plan
@@ -165,4 +208,51 @@ pub async fn users_with_expired_lots(
                 .map(str::to_owned)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Hold, Lot};
+
+    /// An account with `lots` due lots of `credits` each and 100 holds of one credit (the
+    /// template's largest `InflightCap`), all made before the expiry.
+    fn crowded(lots: usize, credits: i64) -> Account {
+        let mut account = Account {
+            next_expiry_secs: 100,
+            ..Account::default()
+        };
+        for i in 0..lots {
+            let lot = Lot {
+                amount: credits,
+                remaining: credits,
+                expires_at_secs: Some(100),
+                source: "t".into(),
+                granted_at_ms: 0,
+                expired: false,
+            };
+            account.lots.insert(format!("01J{i:023}"), lot);
+        }
+        for i in 0..100 {
+            let hold = Hold {
+                amount: 1,
+                created_at_ms: 0,
+                expired_part: 0,
+                model: "m".into(),
+            };
+            account.holds.insert(format!("01K{i:023}"), hold);
+        }
+        account
+    }
+
+    #[test]
+    fn an_expiry_at_the_inflight_cap_fits_dynamodbs_limits() {
+        for (lots, credits) in [(150, 1), (1, 100), (3, 100)] {
+            let account = crowded(lots, credits);
+            let (plan, update) = largest_chunk("t", "u", &account, 200).unwrap();
+            assert!(fits(&update), "{lots} lots of {credits}");
+            assert!(!plan.lots.is_empty(), "{lots} lots of {credits}");
+            assert!(expiry_entries(&plan).len() < 100);
+        }
+    }
 }

@@ -39,8 +39,9 @@ use serde::{Deserialize, Serialize};
 pub use expire::{expire_as_read, expire_due, users_with_expired_lots};
 pub use grant::{grant, Grant, GrantError, Granted};
 pub use history::{entries_between, list_entries, rebuild_from_ledger};
+pub use plan::ExpiredShare;
 pub use reserve::{reserve, Reservation, ReserveError};
-pub use settle::{settle, Settlement};
+pub use settle::{grace_lot_id, settle, SettleError, Settlement};
 
 use crate::clock;
 use crate::fault::Result;
@@ -48,6 +49,9 @@ use crate::table::{self, keys, Item};
 
 /// `next_expiry_secs` of an account whose lots never expire (epoch seconds, year 2286).
 pub const NO_EXPIRY: i64 = 9_999_999_999;
+/// How long a grace lot lasts (7 days): the credits a release caused by our failure gives back
+/// although their lot expired while they were held, time enough to use them again.
+pub const GRACE_LOT_SECS: i64 = 7 * 24 * 3600;
 /// `due` index partition of accounts with a lot that can expire (sessions use `DUE`).
 pub const EXPIRY_PK: &str = "EXPIRY";
 
@@ -146,6 +150,8 @@ pub enum EntryKind {
     Release,
     /// Credits lost to a lot's expiry.
     Expire,
+    /// Held credits of an expired lot given back in a grace lot, after a failure of ours.
+    Refund,
 }
 
 /// An immutable ledger entry with the change it made to each balance.

@@ -16,15 +16,37 @@ pub struct SettlePlan {
     pub released: i64,
     /// Credits expired.
     pub expired: i64,
+    /// Credits of the hold's expired share given back (in a grace lot), not expired.
+    pub refunded: i64,
+}
+
+/// What becomes of the unspent part of a hold whose lots expired while it was held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpiredShare {
+    /// It expires, as it would have without the hold: the session ended for a reason of the
+    /// user's (delivered, refused by the content policy, an invalid request).
+    Lost,
+    /// It comes back in full, in a short-lived grace lot: the session ended by our failure
+    /// (an outage, a dead letter, a timeout), which must not cost the user anything.
+    Refunded,
 }
 
 /// Works out the end of `session_id`'s hold, capturing `capture` credits (at most the hold).
 /// Spending draws earliest expiry first: the hold's expired part, then live lots by expiry.
-pub fn plan_settle(account: &Account, session_id: &str, capture: i64) -> Option<SettlePlan> {
+pub fn plan_settle(
+    account: &Account,
+    session_id: &str,
+    capture: i64,
+    share: ExpiredShare,
+) -> Option<SettlePlan> {
     let hold = account.holds.get(session_id)?;
     let captured = capture.clamp(0, hold.amount);
     let from_expired = captured.min(hold.expired_part);
-    let expired = hold.expired_part - from_expired;
+    let unspent = hold.expired_part - from_expired;
+    let (expired, refunded) = match share {
+        ExpiredShare::Lost => (unspent, 0),
+        ExpiredShare::Refunded => (0, unspent),
+    };
     let mut lots = HashMap::new();
     draw(account, &mut lots, true, hold.expired_part);
     draw(account, &mut lots, false, captured - from_expired);
@@ -33,8 +55,9 @@ pub fn plan_settle(account: &Account, session_id: &str, capture: i64) -> Option<
     Some(SettlePlan {
         lots,
         captured,
-        released: hold.amount - captured - expired,
+        released: hold.amount - captured - unspent,
         expired,
+        refunded,
     })
 }
 
@@ -86,9 +109,11 @@ impl ExpiryPlan {
     }
 }
 
-/// Works out the expiry of every lot past its time. Credits of a lot that back holds made
-/// before the expiry stay with those holds; the rest are lost.
-pub fn plan_expiry(account: &Account, now_secs: i64) -> ExpiryPlan {
+/// Works out the expiry of the first `max_lots` lots past their time, earliest first (the
+/// rest stay due: the next expiry says so). Credits of a lot that back holds made before the
+/// expiry stay with those holds; the rest are lost. A lot's share depends only on the lots
+/// before it, so expiring them in chunks gives what expiring them at once would.
+pub fn plan_expiry(account: &Account, now_secs: i64, max_lots: usize) -> ExpiryPlan {
     let mut holds: Vec<(&String, &Hold)> = account.holds.iter().collect();
     holds.sort_by_key(|(id, h)| (h.created_at_ms, *id));
     let mut parts: HashMap<&String, i64> =
@@ -101,7 +126,8 @@ pub fn plan_expiry(account: &Account, now_secs: i64) -> ExpiryPlan {
         if lot.expired {
             continue;
         }
-        let Some(expires_at) = lot.expires_at_secs.filter(|t| *t <= now_secs) else {
+        let due = lot.expires_at_secs.filter(|t| *t <= now_secs);
+        let Some(expires_at) = due.filter(|_| plan.lots.len() < max_lots) else {
             plan.next_expiry_secs = plan
                 .next_expiry_secs
                 .min(lot.expires_at_secs.unwrap_or(NO_EXPIRY));
@@ -182,7 +208,7 @@ mod tests {
             ],
             &[("s", hold(8, 0))],
         );
-        let plan = plan_settle(&a, "s", 8).unwrap();
+        let plan = plan_settle(&a, "s", 8, ExpiredShare::Lost).unwrap();
         assert_eq!(plan.lots, vec![("late".into(), 7), ("soon".into(), 0)]);
         assert_eq!((plan.captured, plan.released, plan.expired), (8, 0, 0));
     }
@@ -190,10 +216,10 @@ mod tests {
     #[test]
     fn partial_capture_releases_the_rest() {
         let a = account(&[("l", lot(10, 10, None))], &[("s", hold(8, 0))]);
-        let plan = plan_settle(&a, "s", 6).unwrap();
+        let plan = plan_settle(&a, "s", 6, ExpiredShare::Lost).unwrap();
         assert_eq!((plan.captured, plan.released, plan.expired), (6, 2, 0));
         assert_eq!(plan.lots, vec![("l".into(), 4)]);
-        assert!(plan_settle(&a, "other", 6).is_none());
+        assert!(plan_settle(&a, "other", 6, ExpiredShare::Lost).is_none());
     }
 
     #[test]
@@ -203,7 +229,7 @@ mod tests {
             &[("soon", lot(10, 10, Some(100))), ("later", lot(5, 5, None))],
             &[("old", hold(4, 50_000))],
         );
-        let plan = plan_expiry(&a, 100);
+        let plan = plan_expiry(&a, 100, usize::MAX);
         assert_eq!(plan.lots, vec![("soon".into(), 6, 4)]);
         assert_eq!(plan.holds, vec![("old".into(), 4)]);
         assert_eq!(plan.next_expiry_secs, NO_EXPIRY);
@@ -216,7 +242,7 @@ mod tests {
             &[("soon", lot(10, 10, Some(100))), ("later", lot(5, 5, None))],
             &[("new", hold(4, 150_000))],
         );
-        let plan = plan_expiry(&a, 200);
+        let plan = plan_expiry(&a, 200, usize::MAX);
         assert_eq!(plan.lots, vec![("soon".into(), 10, 0)]);
         assert!(plan.holds.is_empty());
     }
@@ -229,12 +255,12 @@ mod tests {
         );
         a.lots.get_mut("soon").unwrap().expired = true;
         a.holds.get_mut("old").unwrap().expired_part = 4;
-        let release = plan_settle(&a, "old", 0).unwrap();
+        let release = plan_settle(&a, "old", 0, ExpiredShare::Lost).unwrap();
         assert_eq!(
             (release.captured, release.released, release.expired),
             (0, 0, 4)
         );
-        let capture = plan_settle(&a, "old", 3).unwrap();
+        let capture = plan_settle(&a, "old", 3, ExpiredShare::Lost).unwrap();
         assert_eq!(
             (capture.captured, capture.released, capture.expired),
             (3, 0, 1)
@@ -243,12 +269,44 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_ended_by_our_failure_refunds_its_expired_share() {
+        let mut a = account(
+            &[("soon", lot(10, 4, Some(100))), ("l", lot(5, 5, None))],
+            &[("old", hold(6, 50_000))],
+        );
+        a.lots.get_mut("soon").unwrap().expired = true;
+        a.holds.get_mut("old").unwrap().expired_part = 4;
+        let release = plan_settle(&a, "old", 0, ExpiredShare::Refunded).unwrap();
+        assert_eq!(
+            (
+                release.captured,
+                release.released,
+                release.expired,
+                release.refunded
+            ),
+            (0, 2, 0, 4)
+        );
+        assert_eq!(release.lots, vec![("soon".into(), 0)]);
+    }
+
+    #[test]
+    fn an_expiry_in_chunks_leaves_the_rest_due() {
+        let a = account(
+            &[("a", lot(1, 1, Some(100))), ("b", lot(1, 1, Some(120)))],
+            &[],
+        );
+        let plan = plan_expiry(&a, 150, 1);
+        assert_eq!(plan.lots, vec![("a".into(), 1, 0)]);
+        assert_eq!(plan.next_expiry_secs, 120, "still due");
+    }
+
+    #[test]
     fn lots_not_yet_due_set_the_next_expiry() {
         let a = account(
             &[("a", lot(1, 1, Some(100))), ("b", lot(1, 1, Some(300)))],
             &[],
         );
-        let plan = plan_expiry(&a, 150);
+        let plan = plan_expiry(&a, 150, usize::MAX);
         assert_eq!(plan.next_expiry_secs, 300);
         assert_eq!(plan.expired(), 1);
     }

@@ -65,6 +65,13 @@ impl ReserveError {
             Self::Failed(e) => e.into(),
         }
     }
+
+    /// Whether the hold may have been placed after all: the transaction's answer never came
+    /// (a transport error, a timeout, a 500 after committing), or a retry met the caller's
+    /// first item, the one a commit of this very request wrote. The caller reads back.
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, Self::Failed(_) | Self::ItemConflict { index: 0, .. })
+    }
 }
 
 impl From<Fault> for ReserveError {

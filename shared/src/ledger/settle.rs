@@ -5,8 +5,12 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
-use super::plan::{plan_settle, SettlePlan};
-use super::{account_key, get_account, Account, EntryKind, LedgerEntry};
+use super::plan::{plan_settle, ExpiredShare, SettlePlan};
+use super::{
+    account_key, due_index_values, get_account, Account, EntryKind, LedgerEntry, Lot,
+    GRACE_LOT_SECS,
+};
+use crate::clock;
 use crate::fault::{Fault, Result};
 use crate::table::{self, number, TxFailure, MAX_ATTEMPTS};
 
@@ -21,28 +25,51 @@ pub enum Settlement {
         released: i64,
         /// Credits of the hold whose lot expired meanwhile and that were not spent.
         expired: i64,
+        /// Credits of that expired share given back in a grace lot instead.
+        refunded: i64,
     },
     /// The hold had already ended (a duplicate or a retry): nothing changed.
     AlreadySettled,
 }
 
-/// Ends the hold of a session: `capture` credits are spent, the rest released. Exactly once:
+/// Why a settle did not happen; nothing was written either way.
+#[derive(Debug)]
+pub enum SettleError {
+    /// One of the caller's items failed its condition: the session is no longer where the
+    /// caller found it (another delivery or run moved or ended it).
+    ItemConflict,
+    /// Our own failure (throttling, a transport error, a timeout, repeated conflicts): the
+    /// caller must try again later, never take it for an end. A commit whose answer was lost
+    /// is found on the next try: its hold is gone, and the session final.
+    Failed(Fault),
+}
+
+impl From<Fault> for SettleError {
+    fn from(e: Fault) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Ends the hold of a session: `capture` credits are spent, the rest released; `share` says
+/// whether the unspent part backed by lots that expired meanwhile expires too or comes back in
+/// a grace lot (the lot `grace-<session>`, [`GRACE_LOT_SECS`] long). Exactly once:
 /// when the hold has already ended, nothing changes and [`Settlement::AlreadySettled`] says so.
 /// `items` (the session's final state) are written in the same transaction; if one of them
-/// fails its condition, nothing is written and the error says so.
+/// fails its condition, nothing is written and [`SettleError::ItemConflict`] says so.
 pub async fn settle(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     user_id: &str,
     session_id: &str,
     capture: i64,
+    share: ExpiredShare,
     items: Vec<TransactWriteItem>,
-) -> Result<Settlement> {
+) -> std::result::Result<Settlement, SettleError> {
     for attempt in 1..=MAX_ATTEMPTS {
         let Some(account) = get_account(ddb, table, user_id).await? else {
             return Ok(Settlement::AlreadySettled);
         };
-        let Some(plan) = plan_settle(&account, session_id, capture) else {
+        let Some(plan) = plan_settle(&account, session_id, capture, share) else {
             return Ok(Settlement::AlreadySettled);
         };
         let mut writes = vec![hold_end(table, user_id, session_id, &account, &plan)?];
@@ -57,24 +84,26 @@ pub async fn settle(
                     captured: plan.captured,
                     released: plan.released,
                     expired: plan.expired,
+                    refunded: plan.refunded,
                 })
             }
             Err(TxFailure::Cancelled(reasons)) => {
-                if let Some(i) = reasons
+                if reasons
                     .iter()
                     .skip(own_items)
-                    .position(table::is_condition_failure)
+                    .any(table::is_condition_failure)
                 {
-                    return Err(Fault::new(format!(
-                        "settle of {session_id}: item {i} failed its condition"
-                    )));
+                    return Err(SettleError::ItemConflict);
                 }
                 table::backoff(attempt).await;
             }
-            Err(TxFailure::Other(e)) => return Err(e),
+            Err(TxFailure::Other(e)) => return Err(e.into()),
         }
     }
-    Err(Fault::new("settle gave up after repeated conflicts"))
+    Err(Fault::new(format!(
+        "settle of {session_id} gave up after repeated conflicts"
+    ))
+    .into())
 }
 
 /// The update of the account that ends the hold as planned, under the version read.
@@ -89,14 +118,26 @@ fn hold_end(
     let mut names = HashMap::from([("#sid".to_owned(), session_id.to_owned())]);
     let mut values = HashMap::from([
         (":held".to_owned(), number(-hold.amount)),
-        (":available".to_owned(), number(plan.released)),
+        (
+            ":available".to_owned(),
+            number(plan.released + plan.refunded),
+        ),
         (":captured".to_owned(), number(plan.captured)),
         (":expired".to_owned(), number(plan.expired)),
         (":minus_one".to_owned(), number(-1)),
         (":one".to_owned(), number(1)),
         (":version".to_owned(), number(account.version)),
     ]);
-    let (sets, removes) = lot_writes(&plan.lots, &mut names, &mut values);
+    let (mut sets, removes) = lot_writes(&plan.lots, &mut names, &mut values);
+    if plan.refunded > 0 {
+        sets.push(grace_lot(
+            session_id,
+            plan.refunded,
+            account,
+            &mut names,
+            &mut values,
+        )?);
+    }
     let mut expression = String::new();
     if !sets.is_empty() {
         expression.push_str(&format!("SET {} ", sets.join(", ")));
@@ -119,6 +160,38 @@ fn hold_end(
     Ok(TransactWriteItem::builder().update(update).build())
 }
 
+/// The `SET` clause of the grace lot that gives back a refunded expired share, and the
+/// account's next expiry (and `due` index) moved up to it if it is the earliest.
+fn grace_lot(
+    session_id: &str,
+    refunded: i64,
+    account: &Account,
+    names: &mut HashMap<String, String>,
+    values: &mut HashMap<String, AttributeValue>,
+) -> Result<String> {
+    let now = clock::now_ms();
+    let expires_at = clock::ms_to_secs(now) + GRACE_LOT_SECS;
+    let lot = Lot {
+        amount: refunded,
+        remaining: refunded,
+        expires_at_secs: Some(expires_at),
+        source: "grace".into(),
+        granted_at_ms: now,
+        expired: false,
+    };
+    let next = account.next_expiry_secs.min(expires_at);
+    names.insert("#grace".into(), grace_lot_id(session_id));
+    values.insert(":grace".into(), serde_dynamo::to_attribute_value(&lot)?);
+    values.insert(":next".into(), number(next));
+    values.extend(due_index_values(next));
+    Ok("lots.#grace = :grace, next_expiry = :next, due_pk = :due_pk, due_at = :due_at".into())
+}
+
+/// The id of the grace lot of a session's refunded expired share.
+pub fn grace_lot_id(session_id: &str) -> String {
+    format!("grace-{session_id}")
+}
+
 /// The ledger entries of a settle: a capture, a release (also of nothing, so every hold has
 /// an end in the ledger) and an expiry of the hold's unspent expired share, as they apply.
 fn settle_entries(account: &Account, session_id: &str, plan: &SettlePlan) -> Vec<LedgerEntry> {
@@ -131,7 +204,7 @@ fn settle_entries(account: &Account, session_id: &str, plan: &SettlePlan) -> Vec
         e.d_captured = plan.captured;
         entries.push(e);
     }
-    if plan.released > 0 || plan.captured == 0 && plan.expired == 0 {
+    if plan.released > 0 || plan.captured == 0 && plan.expired == 0 && plan.refunded == 0 {
         let mut e = entry(EntryKind::Release, plan.released);
         e.d_held = -plan.released;
         e.d_available = plan.released;
@@ -141,6 +214,13 @@ fn settle_entries(account: &Account, session_id: &str, plan: &SettlePlan) -> Vec
         let mut e = entry(EntryKind::Expire, plan.expired);
         e.d_held = -plan.expired;
         e.d_expired = plan.expired;
+        entries.push(e);
+    }
+    if plan.refunded > 0 {
+        let mut e = entry(EntryKind::Refund, plan.refunded);
+        e.lot_id = Some(grace_lot_id(session_id));
+        e.d_held = -plan.refunded;
+        e.d_available = plan.refunded;
         entries.push(e);
     }
     entries

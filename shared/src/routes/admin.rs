@@ -245,19 +245,22 @@ async fn retry(state: &AppState, identity: &Identity, id: &str) -> Result<Respon
         transitions::requeue(table, user_id, session_id, now)?,
         mark_retried(table, id, now)?,
     ];
-    match ledger::reserve(&state.aws.dynamodb, table, &reservation, items).await {
-        Ok(()) => {}
-        Err(ReserveError::ItemConflict { .. }) => {
-            return Err(ApiError::Conflict(
-                "the dead letter was retried meanwhile".into(),
-            ))
+    if let Err(e) = ledger::reserve(&state.aws.dynamodb, table, &reservation, items).await {
+        if !(e.may_have_committed() && retried_at(state, id).await? == Some(now)) {
+            return Err(match e {
+                ReserveError::ItemConflict { .. } => {
+                    ApiError::Conflict("the dead letter was retried meanwhile".into())
+                }
+                e => e.into_api_error(&reservation),
+            });
         }
-        Err(e) => return Err(e.into_api_error(&reservation)),
+        tracing::warn!(error = ?e, "the retry's reserve committed unseen; going on");
     }
     let message = GenerationMessage {
         session_id: session_id.clone(),
         user_id: user_id.clone(),
         attempt: session.attempt + 1,
+        retries: session.retries + 1,
         enqueued_at_ms: now,
     };
     if let Err(e) = queue::send(&state.aws.sqs, &state.config.queue_url, &message).await {
@@ -268,6 +271,12 @@ async fn retry(state: &AppState, identity: &Identity, id: &str) -> Result<Respon
         202,
         &json!({"session_id": session_id, "client_key": session.client_key, "status": Status::Queued, "credits_reserved": session.credits_reserved}),
     ))
+}
+
+/// When the dead letter was last retried: a reserve whose answer was lost (or whose retry met
+/// its own commit) is known to be this call's by the time it stamped.
+async fn retried_at(state: &AppState, id: &str) -> Result<Option<i64>> {
+    Ok(get(state, id).await?.retried_at_ms)
 }
 
 /// The session a dead letter names, if it is still dead-lettered (409 otherwise).

@@ -97,12 +97,19 @@ pub async fn accept(
                 claim.ok_or_else(|| ApiError::internal("item 1 is the idempotency record"))?;
             return replay(state, &claim, item).await;
         }
+        Err(e) if e.may_have_committed() => {
+            if !committed(state, &session).await? {
+                return Err(e.into_api_error(&reservation));
+            }
+            tracing::warn!(error = ?e, "the reserve committed unseen; accepting the session");
+        }
         Err(e) => return Err(e.into_api_error(&reservation)),
     }
     let message = GenerationMessage {
         session_id: session_id.clone(),
         user_id: user_id.to_owned(),
         attempt: 0,
+        retries: 0,
         enqueued_at_ms: now,
     };
     if let Err(e) = queue::send(&state.aws.sqs, &state.config.queue_url, &message).await {
@@ -110,6 +117,21 @@ pub async fn accept(
         tracing::error!(error = %e.chain(), "queue send failed after the reserve; the sweeper will re-dispatch");
     }
     Ok(json_response(202, &accepted))
+}
+
+/// Whether the session was written after all, by a reserve whose answer was lost, timed out
+/// or whose retry met its own commit. Its id is fresh, so nobody else could have written it.
+/// If even this read fails, the outcome stays unknown and the answer is a 500 (a retry with
+/// the same `Idempotency-Key` then replays the 202).
+async fn committed(state: &AppState, session: &Session) -> Result<bool> {
+    let stored = crate::sessions::get(
+        &state.aws.dynamodb,
+        &state.config.table,
+        &session.user_id,
+        &session.session_id,
+    )
+    .await?;
+    Ok(stored.is_some())
 }
 
 /// The first answer to a repeated `Idempotency-Key`, or 422 if the body differs.

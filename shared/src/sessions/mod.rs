@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::Result;
 use crate::generation::GenerationRequest;
+use crate::ledger::ExpiredShare;
 use crate::table::page::{self, PageRequest};
 use crate::table::{self, keys, Item};
 
@@ -92,6 +93,18 @@ pub struct SessionError {
     pub message: String,
 }
 
+impl SessionError {
+    /// What becomes of the hold's share backed by lots that expired meanwhile: it expires only
+    /// when the session ended for a reason of the user's (the content policy, an invalid
+    /// request); every other end is a failure of ours, which gives it back.
+    pub fn expired_share(&self) -> ExpiredShare {
+        match self.code.as_str() {
+            "content_policy" | "invalid_request" => ExpiredShare::Lost,
+            _ => ExpiredShare::Refunded,
+        }
+    }
+}
+
 /// A generation session as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Session {
@@ -135,6 +148,10 @@ pub struct Session {
     /// Delivery attempts so far.
     #[serde(default)]
     pub attempt: u32,
+    /// Times an admin retried it after a dead letter. Every generation message carries the
+    /// value it was sent under, so a dead letter of an earlier round is known to be stale.
+    #[serde(default)]
+    pub retries: u32,
     /// Seedance task id of a video.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_task_id: Option<String>,
@@ -212,6 +229,7 @@ impl Session {
             error: None,
             note: None,
             attempt: 0,
+            retries: 0,
             provider_task_id: None,
             lease_until_ms: None,
             claimed_at_ms: None,

@@ -16,14 +16,15 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
 };
 
 use super::{session_key, Output, Session, SessionError, Status, Timing, DUE_PK, OPEN_PK};
 use crate::clock;
 use crate::fault::{Context, Fault, Result};
-use crate::ledger::{self, Settlement};
-use crate::table::{self, number, string};
+use crate::ledger::{self, ExpiredShare, SettleError, Settlement};
+use crate::table::{self, number, string, Item};
 use crate::telemetry::metrics;
 
 /// Session error code of a dead-lettered session; only such a session can be re-queued.
@@ -191,7 +192,8 @@ pub async fn schedule_next_check(
 }
 
 /// Claims the re-dispatch of a stuck `queued` session, so an overlapping run does not send it
-/// too: false when it was re-dispatched after `cutoff_ms` or is no longer queued.
+/// too: false when it was re-dispatched or active (handed back, say) after `cutoff_ms`, or is
+/// no longer queued.
 pub async fn claim_redispatch(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -205,7 +207,8 @@ pub async fn claim_redispatch(
         .set_key(Some(session.key()))
         .update_expression("SET dispatched_at = :now")
         .condition_expression(
-            "#status = :queued AND (attribute_not_exists(dispatched_at) OR dispatched_at < :cutoff)",
+            "#status = :queued AND updated_at <= :cutoff \
+             AND (attribute_not_exists(dispatched_at) OR dispatched_at < :cutoff)",
         )
         .expression_attribute_names("#status", "status")
         .expression_attribute_values(":queued", status(Status::Queued))
@@ -229,7 +232,8 @@ pub fn requeue(
         .set_key(Some(session_key(user_id, session_id)))
         .update_expression(
             "SET #status = :queued, open_pk = :open, open_at = :now, updated_at = :now, \
-             credits_captured = :zero REMOVE #error, last_error, first_failed_at, dispatched_at",
+             credits_captured = :zero ADD retries :one \
+             REMOVE #error, last_error, first_failed_at, dispatched_at",
         )
         .condition_expression("#status = :failed AND #error.code = :dead")
         .set_expression_attribute_names(Some(HashMap::from([
@@ -242,6 +246,7 @@ pub fn requeue(
         .expression_attribute_values(":open", string(OPEN_PK))
         .expression_attribute_values(":now", number(now_ms))
         .expression_attribute_values(":zero", number(0))
+        .expression_attribute_values(":one", number(1))
         .build()?;
     Ok(TransactWriteItem::builder().update(update).build())
 }
@@ -288,8 +293,8 @@ pub async fn complete_with_capture(
         sets.push_str(", note = :note");
     }
     let update = end_session(table, session, &sets, values)?;
-    let capture = completion.captured;
-    match settle_with(ddb, table, session, capture, update).await {
+    let capture = (completion.captured, ExpiredShare::Lost);
+    match settle_with(ddb, table, session, capture, vec![update]).await? {
         Some(Settlement::Settled {
             captured, released, ..
         }) => {
@@ -318,7 +323,36 @@ pub async fn fail_with_release(
     session: &Session,
     error: SessionError,
 ) -> Result<bool> {
+    fail_writing(ddb, table, session, error, Vec::new()).await
+}
+
+/// Fails a dead-lettered session and releases its hold, and writes the dead letter's record
+/// in the same transaction: the record exists exactly when the session was set aside.
+pub async fn dead_letter(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    session: &Session,
+    error: SessionError,
+    record: Item,
+) -> Result<bool> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(record))
+        .build()?;
+    let record = TransactWriteItem::builder().put(put).build();
+    fail_writing(ddb, table, session, error, vec![record]).await
+}
+
+/// Fails a session, releases its hold and writes `also`, in one transaction.
+async fn fail_writing(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    session: &Session,
+    error: SessionError,
+    also: Vec<TransactWriteItem>,
+) -> Result<bool> {
     let reason = error.code.clone();
+    let share = error.expired_share();
     let values = HashMap::from([
         (":failed".to_owned(), status(Status::Failed)),
         (
@@ -326,8 +360,14 @@ pub async fn fail_with_release(
             serde_dynamo::to_attribute_value(&error)?,
         ),
     ]);
-    let update = end_session(table, session, "#status = :failed, #error = :error", values)?;
-    match settle_with(ddb, table, session, 0, update).await {
+    let mut items = vec![end_session(
+        table,
+        session,
+        "#status = :failed, #error = :error",
+        values,
+    )?];
+    items.extend(also);
+    match settle_with(ddb, table, session, (0, share), items).await? {
         Some(Settlement::Settled { .. }) => {
             tracing::info!(session = %session.session_id, %reason, "session failed; credits released");
             metrics::session_finished("failed", &reason, 0, 0, 0);
@@ -337,30 +377,34 @@ pub async fn fail_with_release(
     }
 }
 
-/// Settles the session's hold with its final update; `None` when the transaction failed, which
-/// means the session's condition failed: another delivery or run ended it first.
+/// Settles the session's hold (capturing `capture.0`, the expired share as `capture.1` says)
+/// with its final update; `None` when the session's condition
+/// failed (another delivery or run ended it first). Any other failure is the caller's to
+/// retry: it must not be taken for an end, or the session would stay open with its hold.
 async fn settle_with(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     session: &Session,
-    capture: i64,
-    update: TransactWriteItem,
-) -> Option<Settlement> {
+    (capture, share): (i64, ExpiredShare),
+    items: Vec<TransactWriteItem>,
+) -> Result<Option<Settlement>> {
     let settled = ledger::settle(
         ddb,
         table,
         &session.user_id,
         &session.session_id,
         capture,
-        vec![update],
+        share,
+        items,
     )
     .await;
     match settled {
-        Ok(settlement) => Some(settlement),
-        Err(e) => {
-            tracing::warn!(error = %e.chain(), "session finished elsewhere");
-            None
+        Ok(settlement) => Ok(Some(settlement)),
+        Err(SettleError::ItemConflict) => {
+            tracing::info!(session = %session.session_id, "session finished elsewhere");
+            Ok(None)
         }
+        Err(SettleError::Failed(e)) => Err(Fault::caused("finish the session", e)),
     }
 }
 
@@ -373,6 +417,7 @@ fn end_session(
 ) -> Result<TransactWriteItem> {
     values.insert(":expected".into(), status(session.status));
     values.insert(":attempt".into(), number(i64::from(session.attempt)));
+    values.insert(":retries".into(), number(i64::from(session.retries)));
     values.insert(":now".into(), number(clock::now_ms()));
     let names: HashMap<String, String> = [
         ("#status", "status"),
@@ -389,7 +434,13 @@ fn end_session(
         .update_expression(format!(
             "SET {sets}, updated_at = :now REMOVE open_pk, open_at, lease_until, due_pk, due_at"
         ))
-        .condition_expression("#status = :expected AND attempt = :attempt")
+        // Status and attempt alone repeat after an admin's retry (failed → queued with the
+        // attempt unchanged): the retries make the condition ABA-safe. A session never
+        // retried may predate the attribute.
+        .condition_expression(
+            "#status = :expected AND attempt = :attempt \
+             AND (retries = :retries OR attribute_not_exists(retries))",
+        )
         .set_expression_attribute_names(Some(names))
         .set_expression_attribute_values(Some(values))
         .build()?;
