@@ -339,7 +339,7 @@ async fn a_dead_letter_waits_while_another_delivery_runs_the_session() {
 }
 
 #[tokio::test]
-async fn a_dead_letter_of_a_rendering_or_finished_session_changes_nothing() {
+async fn a_dead_letter_of_a_rendering_session_changes_nothing() {
     let world = World::new().await;
     let (id, body) = queued_session(&world).await;
     let claimed = claimed(&world, &id).await;
