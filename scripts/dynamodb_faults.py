@@ -10,7 +10,8 @@ many calls each has injected; `DELETE /_faults?table=T` drops a table's rules.
      "operation": "TransactWriteItems",
      "fault": "throttling",          # see FAULTS
      "skip": 0,                      # let this many matching calls through first
-     "count": 1}                     # then inject this many times
+     "count": 1,                     # then inject this many times
+     "containing": "provider_task_id"}  # optional: only calls whose request mentions this
 
 Faults (the error types and status codes DynamoDB documents for them):
 - throttling: 400 ThrottlingException
@@ -67,6 +68,7 @@ def arm(rule):
         "skip": int(rule.get("skip", 0)),
         "count": int(rule.get("count", 1)),
         "stall_ms": int(rule.get("stall_ms", 6000)),
+        "containing": str(rule.get("containing") or ""),
         "seen": 0,
         "injected": 0,
     }
@@ -101,9 +103,12 @@ def tables_of(body):
 def take(operation, body):
     """The rule to inject into this call, if an armed one matches it (counting the call)."""
     tables = tables_of(body)
+    text = json.dumps(body)
     with _lock:
         for rule in _rules:
             if rule["operation"] != operation or rule["table"] not in tables:
+                continue
+            if rule["containing"] not in text:
                 continue
             rule["seen"] += 1
             if rule["seen"] > rule["skip"] and rule["injected"] < rule["count"]:

@@ -15,14 +15,16 @@ use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::{FutureExt, StreamExt};
+use sha2::{Digest, Sha256};
 
 use crate::batch::{run_batch, Outcome};
+use crate::config::Config;
 use crate::fault::Result;
 use crate::generation::{GenerationRequest, ImageModel, ImageRequest, VideoModel, VideoRequest};
 use crate::provider::{self, FailureKind, ImageGeneration, ImageResult, ProviderError, VideoTask};
 use crate::queue::GenerationMessage;
 use crate::sessions::transitions::{self, Claim, Completion};
-use crate::sessions::{Output, Session, SessionError, Timing};
+use crate::sessions::{self, Output, Session, SessionError, Timing};
 use crate::storage;
 use crate::telemetry::metrics;
 use crate::{clock, pricing, AppState};
@@ -359,24 +361,33 @@ async fn complete(
     finish_or_hand_back(generator, session, finished).await
 }
 
+/// Creates the video's Seedance task and records it. A create whose answer was lost (a
+/// timeout, a 5xx, a crash before the record) may have made a task all the same: the intent
+/// recorded before the first create tells a later delivery to look for it, by the seed that
+/// marks the session's tasks, and adopt it rather than pay for a second one.
 async fn run_video(
     generator: &Generator,
     session: &Session,
     request: &VideoRequest,
 ) -> Result<Outcome> {
-    let config = &generator.app.config;
-    let model = match request.model {
-        VideoModel::SeedancePro => config.seedance_pro_model.as_str(),
-        VideoModel::SeedanceLite => config.seedance_lite_model.as_str(),
-    };
-    let task = VideoTask {
-        model,
-        prompt: &request.prompt,
-        resolution: request.resolution.as_str(),
-        ratio: &request.ratio,
-        duration: request.duration,
-        first_frame: request.first_frame.as_deref(),
-    };
+    let task = video_task(&generator.app.config, session, request);
+    if let Some(intent_ms) = session.task_intent_at_ms {
+        match generator
+            .provider
+            .find_task(task.model, task.seed, intent_ms / 1000)
+            .await
+        {
+            Ok(Some(found)) => {
+                tracing::warn!(task = %found.id, "adopting the task an earlier create made");
+                return record_task(generator, session, &found.id).await;
+            }
+            Ok(None) => {}
+            Err(e) => return hand_back(generator, session, format!("provider: {e}")).await,
+        }
+    }
+    if !transitions::intend_task(generator.ddb(), generator.table(), session).await? {
+        return Ok(Outcome::Done);
+    }
     let started = Instant::now();
     let created = generator.provider.create_task(&task).await;
     metrics::provider_call(
@@ -399,8 +410,37 @@ async fn run_video(
     }
 }
 
-/// Records the created task on the session, which the sweeper then checks; if this delivery
-/// lost the session meanwhile, the task is cancelled: the delivery that owns it makes its own.
+/// The Seedance task of a video session.
+fn video_task<'a>(
+    config: &'a Config,
+    session: &Session,
+    request: &'a VideoRequest,
+) -> VideoTask<'a> {
+    let model = match request.model {
+        VideoModel::SeedancePro => config.seedance_pro_model.as_str(),
+        VideoModel::SeedanceLite => config.seedance_lite_model.as_str(),
+    };
+    VideoTask {
+        model,
+        prompt: &request.prompt,
+        resolution: request.resolution.as_str(),
+        ratio: &request.ratio,
+        duration: request.duration,
+        first_frame: request.first_frame.as_deref(),
+        seed: task_seed(&session.session_id),
+    }
+}
+
+/// The seed of a session's video tasks, the same at every delivery: the mark by which a task
+/// whose create answer was lost is found again.
+pub fn task_seed(session_id: &str) -> u32 {
+    let digest = Sha256::digest(session_id.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Records the task on the session, which the sweeper then checks. When the write fails, the
+/// session goes back to the queue (the next delivery finds the task by its intent); when this
+/// delivery lost the session to another, the task is cancelled unless that one adopted it.
 async fn record_task(generator: &Generator, session: &Session, task_id: &str) -> Result<Outcome> {
     let first_check_at_ms = clock::now_ms() + generator.first_check_ms;
     let recorded = transitions::start_rendering(
@@ -410,14 +450,39 @@ async fn record_task(generator: &Generator, session: &Session, task_id: &str) ->
         task_id,
         first_check_at_ms,
     )
-    .await?;
-    if recorded {
-        tracing::info!(task = %task_id, "video task created; rendering");
-    } else {
-        tracing::warn!(task = %task_id, "lost the session before recording the task; cancelling it");
-        let _ = generator.provider.delete_task(task_id).await;
+    .await;
+    match recorded {
+        Ok(true) => tracing::info!(task = %task_id, "video task created; rendering"),
+        Ok(false) => cancel_unless_adopted(generator, session, task_id).await,
+        Err(e) => {
+            return hand_back(
+                generator,
+                session,
+                format!("record the task: {}", e.chain()),
+            )
+            .await
+        }
     }
     Ok(Outcome::Done)
+}
+
+/// Cancels a task this delivery made for a session it lost, unless the delivery that took the
+/// session over adopted it.
+async fn cancel_unless_adopted(generator: &Generator, session: &Session, task_id: &str) {
+    let now = sessions::get(
+        generator.ddb(),
+        generator.table(),
+        &session.user_id,
+        &session.session_id,
+    )
+    .await;
+    if let Ok(Some(now)) = &now {
+        if now.provider_task_id.as_deref() == Some(task_id) {
+            return;
+        }
+    }
+    tracing::warn!(task = %task_id, "lost the session before recording the task; cancelling it");
+    let _ = generator.provider.delete_task(task_id).await;
 }
 
 /// Hands the session back and leaves the record for redelivery.

@@ -204,6 +204,12 @@ pub struct Task {
     /// Failure detail.
     #[serde(default)]
     pub error: Option<TaskError>,
+    /// The seed it renders with (ours: it marks the session the task belongs to).
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Created at (unix seconds).
+    #[serde(default)]
+    pub created_at: Option<i64>,
 }
 
 /// Where a task is, from its `status`.
@@ -265,14 +271,17 @@ pub struct VideoTask<'a> {
     pub duration: u32,
     /// First frame URL.
     pub first_frame: Option<&'a str>,
+    /// Seed (`--seed`): a caller that cannot tell whether a create happened finds its task
+    /// again by it ([`Client::find_task`]).
+    pub seed: u32,
 }
 
 impl VideoTask<'_> {
     /// The request body: parameters travel as text flags in the prompt.
     pub fn body(&self) -> Value {
         let text = format!(
-            "{} --resolution {} --ratio {} --duration {} --camerafixed false --watermark false",
-            self.prompt, self.resolution, self.ratio, self.duration
+            "{} --resolution {} --ratio {} --duration {} --seed {} --camerafixed false --watermark false",
+            self.prompt, self.resolution, self.ratio, self.duration, self.seed
         );
         let mut content = vec![json!({"type": "text", "text": text})];
         if let Some(url) = self.first_frame {
@@ -311,6 +320,11 @@ impl Download {
 
 /// Most task ids one list call may carry.
 pub const LIST_PAGE: usize = 500;
+/// Most pages of the account's task list [`Client::find_task`] reads (newest first).
+pub const FIND_PAGES: usize = 10;
+/// How far the provider's clock may be behind ours, in seconds: a task created after our
+/// intent may carry an earlier `created_at` by this much.
+pub const CLOCK_SKEW_SECS: i64 = 300;
 
 impl Client {
     /// Builds the client from the environment: [`ProviderConfig::from_env`] and the key of
@@ -409,14 +423,51 @@ impl Client {
                 .take(LIST_PAGE)
                 .map(|id| ("filter.task_ids", id.clone())),
         );
+        self.list_page(&query).await
+    }
+
+    /// One page of the task list for `query`.
+    async fn list_page(&self, query: &[(&str, String)]) -> Result<Vec<Task>, ProviderError> {
         let answer = self
             .send(
                 self.http
                     .get(format!("{}/contents/generations/tasks", self.base_url))
-                    .query(&query),
+                    .query(query),
             )
             .await?;
         serde_json::from_value(answer["items"].clone()).map_err(|e| decode_error(&e.to_string()))
+    }
+
+    /// Finds a live (queued, running or succeeded) task of `model` made with `seed` at or
+    /// after `since` (unix seconds): the one a create whose answer was lost made. The list
+    /// cannot filter by seed, so it reads the model's tasks page by page, newest first, until
+    /// a page is short, older than `since` throughout, or [`FIND_PAGES`] were read. Another
+    /// session's task matches only with the same 32-bit seed in the same window.
+    pub async fn find_task(
+        &self,
+        model: &str,
+        seed: u32,
+        since: i64,
+    ) -> Result<Option<Task>, ProviderError> {
+        let since = since - CLOCK_SKEW_SECS;
+        for page in 1..=FIND_PAGES {
+            let query = [
+                ("page_num", page.to_string()),
+                ("page_size", LIST_PAGE.to_string()),
+                ("filter.model", model.to_owned()),
+            ];
+            let tasks = self.list_page(&query).await?;
+            let recent = |t: &Task| t.created_at.is_none_or(|at| at >= since);
+            if let Some(task) = tasks.iter().find(|t| {
+                t.seed == Some(i64::from(seed)) && recent(t) && t.state() != TaskState::Ended
+            }) {
+                return Ok(Some(task.clone()));
+            }
+            if tasks.len() < LIST_PAGE || !tasks.iter().any(recent) {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// Cancels a queued task (or deletes a finished one).
@@ -552,11 +603,12 @@ mod tests {
             ratio: "16:9",
             duration: 5,
             first_frame: Some("https://x/a.png"),
+            seed: 42,
         };
         let body = task.body();
         assert_eq!(
             body["content"][0]["text"],
-            "a kitten --resolution 720p --ratio 16:9 --duration 5 --camerafixed false --watermark false"
+            "a kitten --resolution 720p --ratio 16:9 --duration 5 --seed 42 --camerafixed false --watermark false"
         );
         assert_eq!(body["content"][1]["role"], "first_frame");
     }

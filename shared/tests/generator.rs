@@ -365,3 +365,127 @@ async fn a_finishing_transaction_that_fails_hands_the_session_back_instead_of_ac
     );
     assert_eq!(objects(&world).await.len(), 2, "one set of outputs");
 }
+
+/// A generator whose leases lapse at once, so a redelivery can take a session over.
+async fn generator_with_short_lease(
+    world: &World,
+    mock: &mock_provider::MockHandle,
+) -> std::sync::Arc<shared::generator::Generator> {
+    let generator = std::sync::Arc::into_inner(generator_for(world, mock).await).unwrap();
+    std::sync::Arc::new(shared::generator::Generator {
+        lease_ms: 1,
+        ..generator
+    })
+}
+
+const VIDEO: fn(&str) -> serde_json::Value =
+    |prompt| json!({"prompt": prompt, "resolution": "720p", "ratio": "16:9", "duration": 5});
+
+#[tokio::test]
+async fn a_task_whose_recording_fails_is_adopted_by_the_redelivery_not_created_again() {
+    let (world, mock) = setup(Knobs::default()).await;
+    let generator = generator_with_short_lease(&world, &mock).await;
+    let id = enqueue(&world, VIDEO_ROUTE, VIDEO("record fails")).await;
+    // The task is created; every write that would record its id fails.
+    world
+        .inject_into(
+            "UpdateItem",
+            "provider_task_id",
+            testkit::Fault::Internal,
+            0,
+            1000,
+        )
+        .await;
+    let (_, failed) = deliver_once(&world, &generator).await;
+    assert_eq!(failed.len(), 1, "the record is redelivered");
+    assert_eq!(mock.tasks().len(), 1);
+    let unrecorded = session(&world, &id).await;
+    assert_eq!(unrecorded.provider_task_id, None);
+
+    world.clear_faults().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, failed) = deliver_once(&world, &generator).await;
+    assert!(failed.is_empty());
+    let tasks = mock.tasks();
+    assert_eq!(
+        tasks.len(),
+        1,
+        "the first task is adopted, no second one is made"
+    );
+    let rendering = session(&world, &id).await;
+    assert_eq!(rendering.status, Status::Rendering);
+    assert_eq!(
+        rendering.provider_task_id.as_deref(),
+        Some(tasks[0].id.as_str())
+    );
+    let account = world.assert_conserved("gen").await;
+    assert_eq!(
+        (account.held, account.captured),
+        (rendering.credits_reserved, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_is_found_among_others_and_adopted() {
+    let (world, mock) = setup(Knobs::default()).await;
+    let generator = generator_with_short_lease(&world, &mock).await;
+    // Another session's task, with the same model and parameters, made just before.
+    let other = enqueue(&world, VIDEO_ROUTE, VIDEO("a neighbour")).await;
+    assert!(deliver_once(&world, &generator).await.1.is_empty());
+    let id = enqueue(
+        &world,
+        VIDEO_ROUTE,
+        VIDEO("lost answer [lost-answer-first:1]"),
+    )
+    .await;
+    let (_, failed) = deliver_once(&world, &generator).await;
+    assert_eq!(failed.len(), 1, "an ambiguous create is retried");
+    assert_eq!(mock.tasks().len(), 2, "the lost answer's task exists");
+    assert_eq!(
+        session(&world, &id).await.status,
+        Status::Queued,
+        "handed back"
+    );
+
+    let (_, failed) = deliver_once(&world, &generator).await;
+    assert!(failed.is_empty());
+    assert_eq!(
+        mock.tasks().len(),
+        2,
+        "found and adopted, not created again"
+    );
+    let adopted = session(&world, &id).await;
+    assert_eq!(adopted.status, Status::Rendering);
+    let task = mock
+        .task(adopted.provider_task_id.as_deref().unwrap())
+        .unwrap();
+    assert!(
+        task.prompt.starts_with("lost answer"),
+        "its own task: {}",
+        task.prompt
+    );
+    let neighbour = session(&world, &other).await.provider_task_id.unwrap();
+    assert_ne!(Some(neighbour), adopted.provider_task_id);
+}
+
+#[tokio::test]
+async fn a_create_refused_outright_is_made_again_once() {
+    let (world, mock) = setup(Knobs::default()).await;
+    let generator = generator_with_short_lease(&world, &mock).await;
+    let id = enqueue(
+        &world,
+        VIDEO_ROUTE,
+        VIDEO("refused [fail-first:1:ServerOverloaded]"),
+    )
+    .await;
+    assert_eq!(deliver_once(&world, &generator).await.1.len(), 1);
+    assert!(mock.tasks().is_empty(), "nothing was created");
+    assert!(deliver_once(&world, &generator).await.1.is_empty());
+    let tasks = mock.tasks();
+    assert_eq!(tasks.len(), 1);
+    let rendering = session(&world, &id).await;
+    assert_eq!(
+        rendering.provider_task_id.as_deref(),
+        Some(tasks[0].id.as_str())
+    );
+}

@@ -155,6 +155,14 @@ pub struct Session {
     /// Seedance task id of a video.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_task_id: Option<String>,
+    /// When a delivery first set out to create the video's task (epoch ms): from then on a
+    /// task may exist that no answer told us of, and a delivery looks for it before creating.
+    #[serde(
+        default,
+        rename = "task_intent_at",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub task_intent_at_ms: Option<i64>,
     /// When the current claim lapses (epoch ms), while `running`.
     #[serde(
         default,
@@ -231,6 +239,7 @@ impl Session {
             attempt: 0,
             retries: 0,
             provider_task_id: None,
+            task_intent_at_ms: None,
             lease_until_ms: None,
             claimed_at_ms: None,
             last_error: None,

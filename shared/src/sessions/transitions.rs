@@ -135,6 +135,31 @@ pub async fn hand_back(
     }
 }
 
+/// Records that this delivery sets out to create the video's task (the first such time is
+/// kept). False when this delivery no longer owns the session.
+pub async fn intend_task(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    session: &Session,
+) -> Result<bool> {
+    let now = clock::now_ms();
+    let result = ddb
+        .update_item()
+        .table_name(table)
+        .set_key(Some(session.key()))
+        .update_expression(
+            "SET task_intent_at = if_not_exists(task_intent_at, :now), updated_at = :now",
+        )
+        .condition_expression("#status = :running AND attempt = :attempt")
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":running", status(Status::Running))
+        .expression_attribute_values(":now", number(now))
+        .expression_attribute_values(":attempt", number(i64::from(session.attempt)))
+        .send()
+        .await;
+    applied(result, "record the intent to create a video task")
+}
+
 /// Records a created video task (`running → rendering`), due for its first status check at
 /// `first_check_at_ms`. False when this delivery no longer owns the session (its lease lapsed
 /// and another delivery took over).

@@ -240,6 +240,9 @@ pub(crate) async fn generate(
         "output_tokens": tokens,
         "total_tokens": tokens,
     });
+    if triggers.lose_answer {
+        return s.error("InternalServiceError", None, None);
+    }
     let created = now_unix();
     if req.stream {
         return event_stream(&req.model, created, items, usage);

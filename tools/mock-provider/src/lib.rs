@@ -475,10 +475,11 @@ impl Shared {
     ) -> Result<(Flight, Value, Triggers), Box<Response>> {
         let (flight, body) = self.admit(kind, headers, body)?;
         let prompt = prompt_of(&body);
-        let triggers = util::parse_triggers(prompt.as_deref().unwrap_or(""));
+        let mut triggers = util::parse_triggers(prompt.as_deref().unwrap_or(""));
         let plan = {
             let mut g = self.lock();
             let count = g.record(kind, &body, prompt.as_deref());
+            triggers.lose_answer = triggers.lost_answer_first.is_some_and(|n| count <= n);
             g.plan(kind, Some(&triggers), count)
         };
         match self.run_plan(plan).await {

@@ -548,6 +548,9 @@ pub(crate) async fn create(
     g.tasks.insert(id.clone(), record);
     g.stats.tasks_created += 1;
     drop(g);
+    if triggers.lose_answer {
+        return s.error("InternalServiceError", None, None);
+    }
     Json(json!({ "id": id })).into_response()
 }
 

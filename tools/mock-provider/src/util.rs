@@ -31,6 +31,11 @@ pub(crate) struct Triggers {
     pub task_fail: Option<String>,
     pub task_expire: bool,
     pub task_slow: bool,
+    /// `[lost-answer-first:N]`: the first N requests with this prompt are carried out, then
+    /// answered 500, as a timeout after the work looks to a client.
+    pub lost_answer_first: Option<u64>,
+    /// Whether this request's answer is lost (set on admission, from the prompt's count).
+    pub lose_answer: bool,
 }
 
 pub(crate) const DEFAULT_TASK_FAIL_CODE: &str = "OutputVideoSensitiveContentDetected";
@@ -72,6 +77,7 @@ pub(crate) fn parse_triggers(text: &str) -> Triggers {
             ("task-fail", Some(code)) if !code.is_empty() => t.task_fail = Some(code.into()),
             ("task-expire", None) => t.task_expire = true,
             ("task-slow", None) => t.task_slow = true,
+            ("lost-answer-first", Some(n)) => t.lost_answer_first = n.parse().ok(),
             _ => {}
         }
     }
@@ -190,6 +196,10 @@ mod tests {
         assert_eq!(t.reject, Some(2));
         assert_eq!(t.latency_ms, Some(50));
         assert_eq!(t.fail_first, Some((3, "InternalServiceError".into())));
+        assert_eq!(
+            parse_triggers("[lost-answer-first:2]").lost_answer_first,
+            Some(2)
+        );
         let t = parse_triggers(
             "[reject:all][hang][task-slow][fail:RateLimitExceeded.EndpointRPMExceeded]",
         );

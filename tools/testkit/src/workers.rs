@@ -188,6 +188,7 @@ pub async fn rendering_sessions(
                         ratio: "16:9",
                         duration: 5,
                         first_frame: None,
+                        seed: i as u32,
                     })
                     .await
                     .unwrap();

@@ -307,9 +307,22 @@ impl World {
     /// Arms a fault on this world's table: after `skip` matching `operation` calls, the next
     /// `count` are answered with `fault`.
     pub async fn inject(&self, operation: &str, fault: Fault, skip: u32, count: u32) {
+        self.inject_into(operation, "", fault, skip, count).await
+    }
+
+    /// As [`World::inject`], counting only the `operation` calls whose request mentions
+    /// `containing` (an attribute or a value): one write among several of the same kind.
+    pub async fn inject_into(
+        &self,
+        operation: &str,
+        containing: &str,
+        fault: Fault,
+        skip: u32,
+        count: u32,
+    ) {
         let rule = serde_json::json!({
             "table": self.table(), "operation": operation, "fault": fault.name(),
-            "skip": skip, "count": count,
+            "skip": skip, "count": count, "containing": containing,
         });
         let answer = reqwest::Client::new()
             .post(format!("{}/_faults", endpoint()))
