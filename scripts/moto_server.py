@@ -17,6 +17,12 @@ Two faults of moto's threaded server, both fixed here without changing its Dynam
    ms at 1,200 items). With requests serialized, a rollback only has to restore the items the
    transaction touched, so only those are copied.
 
+And one kindness: moto checks an item's size only when a top-level attribute is set, so an
+update that grows a map (`SET lots.#id = :lot`) past DynamoDB's 400 KB item limit passes. Here
+every update's result is measured as DynamoDB measures items and refused beyond the limit
+("Item size to update has exceeded the maximum allowed size"; in a transaction its
+cancellation reason is a ValidationError), leaving the item as it was.
+
     python scripts/moto_server.py --port 0   # prints "moto listening on http://127.0.0.1:PORT"
 """
 
@@ -83,15 +89,44 @@ def install_item_level_rollback():
             return transact(self, transact_items)
         except Exception:
             for table, hash_key, range_key, before in snapshots.values():
-                table.delete_item(hash_key, range_key)
-                if before is not None:
-                    if range_key is None:
-                        table.items[hash_key] = before
-                    else:
-                        table.items[hash_key][range_key] = before
+                restore(table, hash_key, range_key, before)
             raise
 
     backend.transact_write_items = transact_write_items
+
+
+def restore(table, hash_key, range_key, before):
+    """Puts an item back as it was (`None`: it did not exist)."""
+    table.delete_item(hash_key, range_key)
+    if before is not None:
+        if range_key is None:
+            table.items[hash_key] = before
+        else:
+            table.items[hash_key][range_key] = before
+
+
+def install_item_size_limit():
+    """Refuses an update whose result is over 400 KB, as DynamoDB does (see point 3 above)."""
+    import copy
+
+    import moto.dynamodb.models as models
+    from moto.dynamodb.exceptions import ItemSizeToUpdateTooLarge
+
+    backend = models.DynamoDBBackend
+    update = backend.update_item
+
+    def update_item(self, table_name, key, *args, **kwargs):
+        table = self.get_table(table_name)
+        hash_key, range_key = self.get_keys_value(table, key)
+        before = copy.deepcopy(table.get_item(hash_key, range_key))
+        item = update(self, table_name, key, *args, **kwargs)
+        attributes = item.to_json()["Attributes"]
+        if strict_dynamodb.item_size(attributes) > strict_dynamodb.MAX_ITEM_BYTES:
+            restore(table, hash_key, range_key, before)
+            raise ItemSizeToUpdateTooLarge()
+        return item
+
+    backend.update_item = update_item
 
 
 def key_schema_of(environ):
@@ -203,6 +238,7 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     install_item_level_rollback()
+    install_item_size_limit()
     app = DomainDispatcherApplication(create_backend_app)
     server = make_server(
         args.host,

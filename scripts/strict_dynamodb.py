@@ -26,7 +26,8 @@ real SDK):
   cannot include multiple operations on one item"); more than 4 MB in all.
 - TransactGetItems: more than 100 items.
 - An item over 400 KB in a Put / PutItem ("Item size has exceeded the maximum allowed size"),
-  sized as DynamoDB documents: attribute name lengths plus value lengths.
+  sized as DynamoDB documents: attribute name lengths plus value lengths; an update whose
+  result is over 400 KB is refused after moto applied it (moto_server.py undoes it).
 - Key attributes: a Put's item missing a key attribute, a key attribute of the wrong type or an
   empty string / binary, and a Key that names other attributes than the table's key ("The
   provided key element does not match the schema").

@@ -338,3 +338,66 @@ async fn an_expression_over_4_kb_is_refused_and_one_of_4_kb_passes() {
     send(expression(4096)).await.expect("4096 bytes pass");
     assert_eq!(world.keys().await.len(), 1);
 }
+
+/// Grows `U#a / A` by one map entry of `kb` KB under `lots`, alone or in a transaction.
+async fn grow_lots(world: &World, entry: &str, kb: usize, in_transaction: bool) -> bool {
+    let expression = format!("SET lots.{entry} = :blob");
+    let blob = string("x".repeat(kb * 1024));
+    if in_transaction {
+        let grow = update(world, item("U#a", "A"), &expression, &[(":blob", blob)]);
+        return transact(world, vec![grow]).await.is_ok();
+    }
+    let result = world
+        .ddb()
+        .update_item()
+        .table_name(world.table())
+        .set_key(Some(item("U#a", "A")))
+        .update_expression(expression)
+        .expression_attribute_values(":blob", blob)
+        .send()
+        .await;
+    if let Err(e) = &result {
+        let service = e.as_service_error().expect("a service error");
+        assert_eq!(service.code(), Some("ValidationException"));
+        assert_eq!(
+            service.message(),
+            Some("Item size to update has exceeded the maximum allowed size")
+        );
+    }
+    result.is_ok()
+}
+
+#[tokio::test]
+async fn an_update_that_grows_an_item_past_400_kb_is_refused_and_changes_nothing() {
+    let world = World::new().await;
+    let mut account = item("U#a", "A");
+    account.insert("lots".into(), AttributeValue::M(Default::default()));
+    world
+        .ddb()
+        .put_item()
+        .table_name(world.table())
+        .set_item(Some(account))
+        .send()
+        .await
+        .unwrap();
+    // Each entry alone is small; moto checks only top-level attributes, DynamoDB the item.
+    for (i, entry) in ["a", "b", "c"].iter().enumerate() {
+        assert!(grow_lots(&world, entry, 120, i % 2 == 1).await, "{entry}");
+    }
+    assert!(!grow_lots(&world, "d", 120, false).await);
+    assert!(!grow_lots(&world, "d", 120, true).await);
+    let stored = world
+        .ddb()
+        .get_item()
+        .table_name(world.table())
+        .set_key(Some(item("U#a", "A")))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let lots = stored["lots"].as_m().unwrap();
+    let mut names: Vec<_> = lots.keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"], "the refused updates wrote nothing");
+}
